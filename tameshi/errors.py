@@ -1,0 +1,29 @@
+"""Typed errors. Each carries one clear sentence; the CLI prints it without a traceback."""
+
+
+class TameshiError(Exception):
+    """Base of every error tameshi raises on purpose."""
+
+
+class ModelNotFoundError(TameshiError):
+    """The model path or hub id does not lead to a usable model."""
+
+
+class CorruptCheckpointError(TameshiError):
+    """A checkpoint file is truncated, malformed, or disagrees with its config."""
+
+
+class UnsupportedModelError(TameshiError):
+    """The checkpoint is readable but of an architecture or format tameshi does not run."""
+
+
+class TemplateError(TameshiError):
+    """A chat template failed to render (including raise_exception from inside the template)."""
+
+
+class InvalidRequestError(TameshiError):
+    """A request's parameters are out of range or inconsistent."""
+
+
+class PromptTooLongError(InvalidRequestError):
+    """The prompt does not fit the model's context window."""
