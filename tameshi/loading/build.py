@@ -1,0 +1,41 @@
+"""Build a model on the meta device and stream checkpoint tensors into it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import torch
+
+from tameshi.model.config import ModelConfig
+from tameshi.model.llama import LlamaForCausalLM
+
+
+def build_model(
+    config: ModelConfig,
+    tensors: Iterable[tuple[str, torch.Tensor]],
+    device: torch.device,
+    dtype: torch.dtype,
+    progress: bool = False,
+) -> LlamaForCausalLM:
+    # Built on the meta device, then given real (uninitialised) memory on the target device only:
+    # no host copy of the whole model ever exists.
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config).to(dtype)
+    model = model.to_empty(device=device)
+    model.load_weights(_with_progress(tensors, len(model.expected_tensors()), progress))
+    return model.eval()
+
+
+def _with_progress(tensors: Iterable, total: int, show: bool) -> Iterator:
+    if not show:
+        yield from tensors
+        return
+    from rich.console import Console
+    from rich.progress import Progress
+
+    # stderr: stdout carries the model's answer
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("loading weights", total=total)
+        for item in tensors:
+            yield item
+            bar.advance(task)

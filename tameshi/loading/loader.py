@@ -1,0 +1,102 @@
+"""Checkpoint -> ready model: config, tokenizer, chat template, weights streamed onto the device."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tameshi.chat import ChatTemplate, resolve_chat_template
+from tameshi.tokenizer import Tokenizer
+
+from tameshi.errors import CorruptCheckpointError, TemplateError
+from tameshi.loading.build import build_model
+from tameshi.loading.hub import ModelSource, resolve
+from tameshi.loading.safetensors import checkpoint_files, iter_tensors
+from tameshi.model.config import ModelConfig
+from tameshi.model.llama import LlamaForCausalLM
+
+
+@dataclass
+class LoadedModel:
+    model: LlamaForCausalLM
+    config: ModelConfig
+    tokenizer: Tokenizer
+    chat_template: ChatTemplate | None
+    generation_config: dict
+    source: ModelSource
+    device: torch.device
+    dtype: torch.dtype
+
+
+def pick_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str | torch.dtype | None, device: torch.device, config: ModelConfig) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is not None:
+        names = {
+            "float32": torch.float32,
+            "fp32": torch.float32,
+            "float16": torch.float16,
+            "fp16": torch.float16,
+            "bfloat16": torch.bfloat16,
+            "bf16": torch.bfloat16,
+        }
+        if dtype not in names:
+            raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}")
+        return names[dtype]
+    if device.type == "cpu":
+        return torch.float32  # CPU half-precision matmuls are slow and inexact
+    return torch.float16 if config.torch_dtype == "float16" else torch.bfloat16
+
+
+def load_model(
+    name: str | Path | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    progress: bool = True,
+) -> LoadedModel:
+    source = resolve(name)
+    dev = pick_device(device)
+    if source.kind == "gguf":
+        from tameshi.loading.gguf import open_gguf
+
+        ck = open_gguf(source.path)
+        raw_config, tensors = ck.config, ck.tensors()
+        generation_config = ck.generation_config
+        tokenizer = Tokenizer(ck.tokenizer, ck.tokenizer_config, generation_config)
+        template_origin = "GGUF metadata"
+    else:
+        raw_config = _read_json(source.path / "config.json")
+        generation_config = _read_json(source.path / "generation_config.json", missing_ok=True)
+        tokenizer = Tokenizer.from_dir(source.path)
+        tensors = iter_tensors(checkpoint_files(source.path))
+        template_origin = "tokenizer_config.json"
+    config = ModelConfig.from_hf(raw_config)
+    dt = pick_dtype(dtype, dev, config)
+    model = build_model(config, tensors, dev, dt, progress=progress)
+    try:
+        template = resolve_chat_template(tokenizer, origin=template_origin)
+    except TemplateError:
+        template = None  # raw generate() still works; chat() says why it cannot
+    return LoadedModel(model, config, tokenizer, template, generation_config, source, dev, dt)
+
+
+def _read_json(path: Path, missing_ok: bool = False) -> dict:
+    if not path.is_file():
+        if missing_ok:
+            return {}
+        raise CorruptCheckpointError(f"{path} is missing")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CorruptCheckpointError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise CorruptCheckpointError(f"{path} does not hold a JSON object")
+    return data

@@ -1,0 +1,153 @@
+"""Building blocks of a Llama-family decoder: RMSNorm, RoPE (with scaling), attention, SwiGLU MLP.
+
+Tokens are flattened: every module takes [T, ...] for the T tokens of the step, whatever sequences
+they belong to. Where keys and values are stored, and how attention over them is computed, is the
+business of the `AttentionBackend` passed in by the engine; the model knows nothing of caches.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tameshi.model.config import ModelConfig, RopeConfig
+from tameshi.model.linear import Linear
+
+
+class AttentionBackend(Protocol):
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Store k, v [T, n_kv_heads, head_dim] for `layer`; return attention of q [T, n_heads, head_dim]."""
+        ...
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # In float32 like transformers, so low-precision runs normalise the same way.
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def rope_inv_freq(rope: RopeConfig, head_dim: int, max_positions: int, seq_len: int) -> torch.Tensor:
+    """Inverse frequencies [head_dim/2] in float32, following transformers' rope_type formulas."""
+    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
+    base = rope.theta
+    if rope.type == "dynamic":
+        # NTK-aware: the base grows once the sequence passes the trained length.
+        seq_len = max(seq_len, max_positions)
+        base = base * ((rope.factor * seq_len / max_positions) - (rope.factor - 1)) ** (
+            head_dim / (head_dim - 2)
+        )
+    inv_freq = 1.0 / (base**exponent)
+    if rope.type == "linear":
+        inv_freq = inv_freq / rope.factor
+    elif rope.type == "llama3":
+        inv_freq = _llama3_inv_freq(inv_freq, rope)
+    return inv_freq
+
+
+def _llama3_inv_freq(inv_freq: torch.Tensor, rope: RopeConfig) -> torch.Tensor:
+    old_len = rope.original_max_position_embeddings or 8192
+    low_wavelen = old_len / rope.low_freq_factor
+    high_wavelen = old_len / rope.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_wavelen, inv_freq / rope.factor, inv_freq)
+    smooth = (old_len / wavelen - rope.low_freq_factor) / (rope.high_freq_factor - rope.low_freq_factor)
+    smoothed = (1 - smooth) * scaled / rope.factor + smooth * scaled
+    is_medium = ~(wavelen < high_wavelen) * ~(wavelen > low_wavelen)
+    return torch.where(is_medium, smoothed, scaled)
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin for given positions; a table is cached per device for the static rope types."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.rope = config.rope
+        self.head_dim = config.head_dim
+        self.max_positions = config.max_position_embeddings
+        self._tables: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.rope.type == "dynamic":
+            # Stateless version of transformers' update: frequencies follow the longest position in the step.
+            seq_len = int(positions.max()) + 1 if positions.numel() else 1
+            inv_freq = rope_inv_freq(self.rope, self.head_dim, self.max_positions, seq_len)
+            return _cos_sin(positions.float()[:, None] * inv_freq.to(positions.device)[None], dtype)
+        key = (positions.device, dtype)
+        if key not in self._tables:
+            inv_freq = rope_inv_freq(self.rope, self.head_dim, self.max_positions, self.max_positions)
+            pos = torch.arange(self.max_positions, dtype=torch.float32)
+            self._tables[key] = tuple(
+                t.to(positions.device) for t in _cos_sin(pos[:, None] * inv_freq[None], dtype)
+            )
+        cos, sin = self._tables[key]
+        return cos[positions], sin[positions]
+
+
+def _cos_sin(freqs: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [T, heads, head_dim]; the rotate-half convention of HF checkpoints (not the interleaved one)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos[:, None, :] + rotated * sin[:, None, :]
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.n_heads = config.n_heads
+        self.n_kv_heads = config.n_kv_heads
+        self.head_dim = config.head_dim
+        self.q_size = self.n_heads * self.head_dim
+        self.kv_size = self.n_kv_heads * self.head_dim
+        # q, k and v in one matmul: one kernel launch instead of three, same numbers.
+        self.qkv_proj = Linear(
+            config.hidden_size,
+            [self.q_size, self.kv_size, self.kv_size],
+            bias=config.qkv_bias,
+            shard_names=("q_proj", "k_proj", "v_proj"),
+        )
+        self.o_proj = Linear(self.q_size, [config.hidden_size], bias=config.o_bias)
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backend: AttentionBackend
+    ) -> torch.Tensor:
+        qkv = self.qkv_proj(x)
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        t = x.shape[0]
+        q = apply_rope(q.view(t, self.n_heads, self.head_dim), cos, sin)
+        k = apply_rope(k.view(t, self.n_kv_heads, self.head_dim), cos, sin)
+        out = backend.attend(self.layer, q, k, v.view(t, self.n_kv_heads, self.head_dim))
+        return self.o_proj(out.reshape(t, self.q_size))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.intermediate_size = config.intermediate_size
+        self.gate_up_proj = Linear(
+            config.hidden_size,
+            [config.intermediate_size, config.intermediate_size],
+            bias=config.mlp_bias,
+            shard_names=("gate_proj", "up_proj"),
+        )
+        self.down_proj = Linear(config.intermediate_size, [config.hidden_size], bias=config.mlp_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
+        return self.down_proj(F.silu(gate) * up)

@@ -1,0 +1,139 @@
+"""The Llama-family decoder (DeepSeek-LLM, Llama 2/3, Mistral, Qwen2, SmolLM2) in plain PyTorch."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from tameshi.errors import CorruptCheckpointError
+from tameshi.model.config import ModelConfig
+from tameshi.model.layers import MLP, Attention, AttentionBackend, RMSNorm, RotaryEmbedding
+from tameshi.model.linear import Linear
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, layer)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backend: AttentionBackend
+    ) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, backend)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+# HF checkpoint name -> (module path in this model, fused shard or None, weight|bias)
+_LAYER_NAME = re.compile(
+    r"model\.layers\.(\d+)\.(self_attn\.[qkvo]_proj|mlp\.(?:gate|up|down)_proj|"
+    r"input_layernorm|post_attention_layernorm)\.(weight|bias)"
+)
+_FUSED = {
+    "self_attn.q_proj": ("self_attn.qkv_proj", "q_proj"),
+    "self_attn.k_proj": ("self_attn.qkv_proj", "k_proj"),
+    "self_attn.v_proj": ("self_attn.qkv_proj", "v_proj"),
+    "self_attn.o_proj": ("self_attn.o_proj", None),
+    "mlp.gate_proj": ("mlp.gate_up_proj", "gate_proj"),
+    "mlp.up_proj": ("mlp.gate_up_proj", "up_proj"),
+    "mlp.down_proj": ("mlp.down_proj", None),
+}
+# Tensors some checkpoints carry that hold nothing the model needs.
+_IGNORED = re.compile(r".*rotary_emb\.inv_freq$")
+
+
+class LlamaForCausalLM(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.rotary = RotaryEmbedding(config)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.n_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = None if config.tie_word_embeddings else Linear(config.hidden_size, [config.vocab_size])
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, backend: AttentionBackend
+    ) -> torch.Tensor:
+        """input_ids, positions [T] -> final hidden states [T, hidden] (normed)."""
+        x = self.embed_tokens(input_ids)
+        cos, sin = self.rotary(positions, x.dtype)
+        for layer in self.layers:
+            x = layer(x, cos, sin, backend)
+        return self.norm(x)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.lm_head is None:
+            return hidden @ self.embed_tokens.weight.t()
+        return self.lm_head(hidden)
+
+    def load_weights(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy checkpoint tensors (HF names) into the already materialised parameters."""
+        loaded: set[str] = set()
+        for name, tensor in tensors:
+            if _IGNORED.match(name):
+                continue
+            if name == "lm_head.weight" and self.lm_head is None:
+                continue  # tied: the embedding is the head
+            self._load_one(name, tensor)
+            loaded.add(name)
+        missing = [n for n in self.expected_tensors() if n not in loaded]
+        if missing:
+            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+            raise CorruptCheckpointError(f"checkpoint lacks tensor {missing[0]}{more}")
+
+    def _load_one(self, name: str, tensor: torch.Tensor) -> None:
+        if name in ("model.embed_tokens.weight", "model.norm.weight"):
+            target = self.embed_tokens.weight if name.startswith("model.embed") else self.norm.weight
+            _copy(target, tensor, name)
+            return
+        if name == "lm_head.weight":
+            self.lm_head.load(None, "weight", tensor, name)
+            return
+        m = _LAYER_NAME.fullmatch(name)
+        if m is None or int(m.group(1)) >= len(self.layers):
+            raise CorruptCheckpointError(f"checkpoint has unexpected tensor {name}")
+        layer, part, kind = self.layers[int(m.group(1))], m.group(2), m.group(3)
+        if part in _FUSED:
+            path, shard = _FUSED[part]
+            layer.get_submodule(path).load(shard, kind, tensor, name)
+        elif kind == "weight":
+            _copy(layer.get_submodule(part).weight, tensor, name)
+        else:
+            raise CorruptCheckpointError(f"checkpoint has unexpected tensor {name}")
+
+    def expected_tensors(self) -> list[str]:
+        c = self.config
+        names = ["model.embed_tokens.weight", "model.norm.weight"]
+        if self.lm_head is not None:
+            names.append("lm_head.weight")
+        for i in range(c.n_layers):
+            p = f"model.layers.{i}."
+            names += [p + "input_layernorm.weight", p + "post_attention_layernorm.weight"]
+            for proj in "qkv":
+                names.append(f"{p}self_attn.{proj}_proj.weight")
+                if c.qkv_bias:
+                    names.append(f"{p}self_attn.{proj}_proj.bias")
+            names.append(p + "self_attn.o_proj.weight")
+            if c.o_bias:
+                names.append(p + "self_attn.o_proj.bias")
+            for proj in ("gate", "up", "down"):
+                names.append(f"{p}mlp.{proj}_proj.weight")
+                if c.mlp_bias:
+                    names.append(f"{p}mlp.{proj}_proj.bias")
+        return names
+
+
+def _copy(param: torch.Tensor, tensor: torch.Tensor, name: str) -> None:
+    if param.shape != tensor.shape:
+        raise CorruptCheckpointError(
+            f"tensor {name} has shape {list(tensor.shape)}, but the config implies {list(param.shape)}"
+        )
+    param.data.copy_(tensor)
