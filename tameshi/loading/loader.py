@@ -74,6 +74,7 @@ def load_model(
         template_origin = "GGUF metadata"
     else:
         raw_config = _read_json(source.path / "config.json")
+        ModelConfig.from_hf(raw_config)  # an unsupported model is reported before anything else
         generation_config = _read_json(source.path / "generation_config.json", missing_ok=True)
         tokenizer = Tokenizer.from_dir(source.path)
         tensors = iter_tensors(checkpoint_files(source.path))

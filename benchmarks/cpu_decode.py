@@ -1,0 +1,104 @@
+"""Decode speed on the embedded default (SmolLM2-135M-Instruct GGUF), CPU, batch 1, greedy.
+
+tameshi, transformers (loading the same GGUF) and llama-cpp-python (if installed) in one run,
+printed side by side with ratios. Run: python benchmarks/cpu_decode.py [--tokens 128] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+PROMPT = "Write a short story about a robot who learns to paint."
+
+
+def bench_tameshi(n_tokens: int, repeat: int) -> float:
+    from tameshi import LLM, SamplingParams
+
+    llm = LLM(progress=False)
+    ids = llm.encode_chat([{"role": "user", "content": PROMPT}])
+    params = llm.sampling_params(SamplingParams(max_new_tokens=n_tokens, do_sample=False, ignore_eos=True))
+    best = 0.0
+    for _ in range(repeat):
+        stream = llm.engine.stream(ids, params)
+        next(stream)  # the prefill and first token are not decode
+        t0 = time.perf_counter()
+        n = sum(1 for _ in stream)
+        best = max(best, n / (time.perf_counter() - t0))
+    return best
+
+
+def bench_transformers(n_tokens: int, repeat: int) -> float | None:
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError:
+        return None
+    from tameshi.loading.default import default_gguf_path
+
+    path = default_gguf_path()
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    inputs = tok.apply_chat_template(
+        [{"role": "user", "content": PROMPT}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+
+    def run(n: int) -> float:
+        t0 = time.perf_counter()
+        model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        return time.perf_counter() - t0
+
+    best = 0.0
+    for _ in range(repeat):
+        prefill = run(1)  # subtract prefill + first token, to time decode alone
+        best = max(best, (n_tokens - 1) / (run(n_tokens) - prefill))
+    return best
+
+
+def bench_llama_cpp(n_tokens: int, repeat: int) -> float | None:
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return None
+    from tameshi.loading.default import default_gguf_path
+
+    llm = Llama(model_path=str(default_gguf_path()), n_ctx=1024, n_threads=torch.get_num_threads(), verbose=False)
+    tokens = llm.tokenize(PROMPT.encode(), add_bos=True)
+    best = 0.0
+    for _ in range(repeat):
+        llm.reset()
+        llm.eval(tokens)
+        token = llm.sample(temp=0.0)
+        t0 = time.perf_counter()
+        for _ in range(n_tokens - 1):
+            llm.eval([token])
+            token = llm.sample(temp=0.0)
+        best = max(best, (n_tokens - 1) / (time.perf_counter() - t0))
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    results = {
+        "tameshi": bench_tameshi(args.tokens, args.repeat),
+        "transformers": bench_transformers(args.tokens, args.repeat),
+        "llama-cpp-python": bench_llama_cpp(args.tokens, args.repeat),
+    }
+    base = results["transformers"]
+    print(f"\nCPU decode, batch 1, {args.tokens} tokens, {torch.get_num_threads()} threads, best of {args.repeat}")
+    print(f"| engine | tokens/s | vs transformers | tameshi vs it |\n|---|---:|---:|---:|")
+    for name, tps in results.items():
+        if tps is None:
+            print(f"| {name} | not installed | | |")
+            continue
+        vs_hf = f"{tps / base:.2f}×" if base else "–"
+        ours = f"{results['tameshi'] / tps:.2f}×"
+        print(f"| {name} | {tps:.1f} | {vs_hf} | {ours} |")
+
+
+if __name__ == "__main__":
+    main()

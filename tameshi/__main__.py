@@ -1,0 +1,5 @@
+import sys
+
+from tameshi.cli import main
+
+sys.exit(main())

@@ -1,0 +1,147 @@
+"""The Python API: `LLM` loads a model once; `generate`, `chat` and `ask` run it.
+
+    from tameshi import LLM, SamplingParams
+    llm = LLM()                                   # the embedded default model
+    print(llm.ask("What is the capital of Japan?"))
+    for chunk in llm.ask("日本の首都は？", stream=True):
+        print(chunk.text, end="", flush=True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tameshi.chat import encode_chat
+from tameshi.engine.engine import Engine, EngineConfig
+from tameshi.errors import TemplateError
+from tameshi.loading.loader import LoadedModel, load_model
+from tameshi.sampling_params import SamplingParams
+
+Params = SamplingParams | dict[str, Any] | None
+Prompt = str | list[int]
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" or "length"
+    prompt_tokens: int
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass
+class CompletionChunk:
+    text: str  # new text since the last chunk (may be empty)
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None  # set on the last chunk only
+
+
+class LLM:
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        progress: bool = True,
+        engine_config: EngineConfig | None = None,
+    ) -> None:
+        self.loaded: LoadedModel = load_model(model, device=device, dtype=dtype, progress=progress)
+        self.tokenizer = self.loaded.tokenizer
+        self.engine = Engine(
+            self.loaded.model, self.tokenizer, self.loaded.generation_config, engine_config
+        )
+
+    # -- parameters ---------------------------------------------------------------------------
+    def sampling_params(self, params: Params = None) -> SamplingParams:
+        """Fill unset fields from the model's generation_config.json, then transformers' defaults."""
+        if params is None:
+            params = SamplingParams()
+        elif isinstance(params, dict):
+            params = SamplingParams(**params)
+        return params.resolve(self.loaded.generation_config)
+
+    # -- raw text or ids, no template -----------------------------------------------------------
+    def generate(
+        self, prompts: Prompt | Sequence[Prompt], params: Params = None, stream: bool = False
+    ) -> Completion | list[Completion] | Iterator[CompletionChunk]:
+        """One prompt -> one Completion; a list of prompts -> a list. `stream=True` takes one prompt."""
+        single = isinstance(prompts, str) or (
+            isinstance(prompts, list) and (not prompts or isinstance(prompts[0], int))
+        )
+        batch = [prompts] if single else list(prompts)
+        ids = [self._encode_raw(p) for p in batch]
+        if stream:
+            if not single:
+                raise ValueError("stream=True takes a single prompt")
+            return self._stream(ids[0], params)
+        done = [self._complete(i, params) for i in ids]
+        return done[0] if single else done
+
+    def _encode_raw(self, prompt: Prompt) -> list[int]:
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt, add_special_tokens=True)
+        return [int(t) for t in prompt]
+
+    # -- chat -----------------------------------------------------------------------------------
+    def chat(
+        self, messages: list[dict[str, Any]], params: Params = None, stream: bool = False
+    ) -> Completion | Iterator[CompletionChunk]:
+        ids = self.encode_chat(messages)
+        return self._stream(ids, params, chat=True) if stream else self._complete(ids, params, chat=True)
+
+    def ask(
+        self, text: str, params: Params = None, stream: bool = False, system: str | None = None
+    ) -> Completion | Iterator[CompletionChunk]:
+        """One user turn (optionally after a system prompt) through the chat template."""
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": text}
+        ]
+        return self.chat(messages, params, stream=stream)
+
+    def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
+        template = self.loaded.chat_template
+        if template is None:
+            raise TemplateError(
+                "this model ships no chat template; use generate() with raw text instead"
+            )
+        return encode_chat(self.tokenizer, template, messages, add_generation_prompt=True)
+
+    def render_chat(self, messages: list[dict[str, Any]]) -> str:
+        """The exact prompt text the model sees for `messages` (special tokens shown)."""
+        return self.tokenizer.decode(self.encode_chat(messages), skip_special_tokens=False)
+
+    # -- running --------------------------------------------------------------------------------
+    def _stream(self, ids: list[int], params: Params, chat: bool = False) -> Iterator[CompletionChunk]:
+        resolved = self.sampling_params(params)
+        self.engine.check_prompt(ids, resolved)  # fail now, not at the first next()
+        return self._chunks(ids, resolved, chat)
+
+    def _chunks(self, ids: list[int], params: SamplingParams, chat: bool) -> Iterator[CompletionChunk]:
+        started = not chat
+        for out in self.engine.stream(ids, params):
+            text = out.text
+            if not started:
+                # Templates like DeepSeek's end in "Assistant:" and the model supplies the space.
+                text = text.lstrip()
+                started = bool(text)
+            yield CompletionChunk(text, out.token_ids, out.finish_reason)
+
+    def _complete(self, ids: list[int], params: Params, chat: bool = False) -> Completion:
+        text, tokens, reason = [], [], "length"
+        for chunk in self._stream(ids, params, chat):
+            text.append(chunk.text)
+            tokens += chunk.token_ids
+            reason = chunk.finish_reason or reason
+        return Completion("".join(text), tokens, reason, len(ids))

@@ -1,0 +1,205 @@
+"""`tameshi ask | chat | info`: the terminal way in. Errors print one sentence; --debug shows the traceback."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from tameshi.errors import TameshiError
+from tameshi.sampling_params import NOTEBOOK_PRESET, SamplingParams
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Try a new open chat LLM: ask it, chat with it, inspect it. No --model: the embedded default.",
+)
+err = Console(stderr=True, highlight=False)
+PRESETS = {"notebook": NOTEBOOK_PRESET}
+
+ModelOpt = Annotated[
+    str | None, typer.Option("--model", "-m", help="HF folder, hub id in the local cache, or .gguf file.")
+]
+DeviceOpt = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 … (default: cuda if present).")]
+DtypeOpt = Annotated[str | None, typer.Option(help="float32, bfloat16 or float16.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+PresetOpt = Annotated[str | None, typer.Option(help="Sampling preset: notebook (T 0.7, top_p 0.95, top_k 40, …).")]
+MaxNewOpt = Annotated[int | None, typer.Option("--max-new-tokens", "-n", help="Most tokens to generate.")]
+SampleOpt = Annotated[bool | None, typer.Option("--do-sample/--greedy", help="Sample, or take the argmax.")]
+TempOpt = Annotated[float | None, typer.Option("--temperature", "-t")]
+TopPOpt = Annotated[float | None, typer.Option("--top-p")]
+TopKOpt = Annotated[int | None, typer.Option("--top-k")]
+MinPOpt = Annotated[float | None, typer.Option("--min-p")]
+RepOpt = Annotated[float | None, typer.Option("--repetition-penalty")]
+SeedOpt = Annotated[int | None, typer.Option("--seed")]
+StopOpt = Annotated[list[str] | None, typer.Option("--stop", help="Stop string (repeatable).")]
+StopIdOpt = Annotated[list[int] | None, typer.Option("--stop-token-id", help="Extra stop token id (repeatable).")]
+IgnoreEosOpt = Annotated[bool | None, typer.Option("--ignore-eos", help="Run to the length limit.")]
+SpecialOpt = Annotated[
+    bool | None, typer.Option("--skip-special-tokens/--keep-special-tokens", help="Hide special tokens.")
+]
+SystemOpt = Annotated[str | None, typer.Option("--system", "-s", help="System prompt.")]
+
+
+def _params(preset: str | None, **flags: Any) -> SamplingParams:
+    base: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise typer.BadParameter(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+        base = dict(PRESETS[preset])
+    base.update({k: v for k, v in flags.items() if v is not None and v != []})
+    return SamplingParams(**base)
+
+
+def _load(model: str | None, device: str | None, dtype: str | None):
+    from tameshi.api import LLM
+
+    return LLM(model, device=device, dtype=dtype)
+
+
+def _stream_answer(chunks, out: Console | None = None) -> tuple[str, str | None]:
+    """Print deltas as they come; return the text and the finish reason."""
+    text, reason = [], None
+    for chunk in chunks:
+        sys.stdout.write(chunk.text)
+        sys.stdout.flush()
+        text.append(chunk.text)
+        reason = chunk.finish_reason or reason
+    sys.stdout.write("\n")
+    return "".join(text), reason
+
+
+def _say_if_cut(reason: str | None, params: SamplingParams) -> None:
+    if reason == "length":
+        err.print(
+            f"[yellow]⚠ answer cut at the length limit (max_new_tokens={params.max_new_tokens} "
+            "or the context window); raise --max-new-tokens for more[/]"
+        )
+
+
+@app.command()
+def ask(
+    prompt: Annotated[str, typer.Argument(help="The question (one user turn).")],
+    model: ModelOpt = None,
+    system: SystemOpt = None,
+    raw: Annotated[bool, typer.Option("--raw", help="Send the text as is, without the chat template.")] = False,
+    show_prompt: Annotated[bool, typer.Option("--show-prompt", help="Print the rendered prompt to stderr.")] = False,
+    preset: PresetOpt = None,
+    max_new_tokens: MaxNewOpt = None,
+    do_sample: SampleOpt = None,
+    temperature: TempOpt = None,
+    top_p: TopPOpt = None,
+    top_k: TopKOpt = None,
+    min_p: MinPOpt = None,
+    repetition_penalty: RepOpt = None,
+    seed: SeedOpt = None,
+    stop: StopOpt = None,
+    stop_token_id: StopIdOpt = None,
+    ignore_eos: IgnoreEosOpt = None,
+    skip_special_tokens: SpecialOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Ask one question and stream the answer to stdout."""
+    params = _params(
+        preset, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
+        top_k=top_k, min_p=min_p, repetition_penalty=repetition_penalty, seed=seed, stop=stop,
+        stop_token_ids=stop_token_id, ignore_eos=ignore_eos, skip_special_tokens=skip_special_tokens,
+    )  # fmt: skip
+    llm = _load(model, device, dtype)
+    resolved = llm.sampling_params(params)
+    if raw:
+        if show_prompt:
+            err.print(prompt, markup=False)
+        chunks = llm.generate(prompt, resolved, stream=True)
+    else:
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": prompt}
+        ]
+        if show_prompt:
+            err.print(llm.render_chat(messages), markup=False)
+        chunks = llm.chat(messages, resolved, stream=True)
+    _, reason = _stream_answer(chunks)
+    _say_if_cut(reason, resolved)
+
+
+@app.command()
+def chat(
+    model: ModelOpt = None,
+    system: SystemOpt = None,
+    preset: PresetOpt = None,
+    max_new_tokens: MaxNewOpt = None,
+    do_sample: SampleOpt = None,
+    temperature: TempOpt = None,
+    top_p: TopPOpt = None,
+    top_k: TopKOpt = None,
+    min_p: MinPOpt = None,
+    repetition_penalty: RepOpt = None,
+    seed: SeedOpt = None,
+    stop: StopOpt = None,
+    stop_token_id: StopIdOpt = None,
+    ignore_eos: IgnoreEosOpt = None,
+    skip_special_tokens: SpecialOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Multi-turn chat. /reset, /system TEXT, /set PARAM VALUE, /params, /exit. Ctrl-C stops an answer."""
+    from tameshi.repl import ChatSession
+
+    params = _params(
+        preset, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
+        top_k=top_k, min_p=min_p, repetition_penalty=repetition_penalty, seed=seed, stop=stop,
+        stop_token_ids=stop_token_id, ignore_eos=ignore_eos, skip_special_tokens=skip_special_tokens,
+    )  # fmt: skip
+    llm = _load(model, device, dtype)
+    ChatSession(llm, params, system, err).run()
+
+
+@app.command()
+def info(
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Architecture, size, dtype, context length, special tokens and chat template of a model."""
+    from rich.table import Table
+
+    from tameshi.model_info import describe
+
+    llm = _load(model, device, dtype)
+    table = Table(show_header=False, box=None)
+    for key, value in describe(llm).items():
+        table.add_row(f"[bold]{key}[/]", str(value))
+    Console().print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import click
+
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    try:
+        app(args=argv, prog_name="tameshi", standalone_mode=False)
+    except TameshiError as e:
+        if debug:
+            err.print_exception()
+        err.print(f"[red]error:[/] {e}", markup=True, highlight=False)
+        return 1
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        err.print("interrupted")
+        return 130
+    except Exception as e:  # a bug, not bad input: still one line unless asked for more
+        if debug:
+            err.print_exception()
+        else:
+            err.print(f"[red]internal error:[/] {type(e).__name__}: {e} (run with --debug for the traceback)")
+        return 2
+    return 0

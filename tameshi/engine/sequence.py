@@ -1,0 +1,87 @@
+"""A request's token ids and its text: detokenizing, stop strings, stop tokens and the finish reason."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tameshi.sampling_params import SamplingParams
+from tameshi.tokenizer import IncrementalDetokenizer, Tokenizer
+
+
+@dataclass
+class StepOutput:
+    """What one engine step added to one request."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None = None  # "stop" (EOS, stop token or stop string) or "length"
+
+
+class Sequence:
+    def __init__(
+        self,
+        seq_id: int,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        tokenizer: Tokenizer,
+        max_model_len: int,
+    ) -> None:
+        self.seq_id = seq_id
+        self.token_ids = list(prompt_ids)
+        self.prompt_len = len(prompt_ids)
+        self.params = params
+        self.max_model_len = max_model_len
+        eos = () if params.ignore_eos else tokenizer.eos_token_ids
+        self.stop_ids = frozenset(eos) | frozenset(params.stop_token_ids)
+        self.detok = IncrementalDetokenizer(
+            tokenizer, skip_special_tokens=params.skip_special_tokens, prompt_ids=prompt_ids
+        )
+        # A stop string may be forming at the end of the text: hold that many characters back.
+        self._hold = max((len(s) for s in params.stop), default=1) - 1
+        self.text = ""  # decoded output, cut at a stop string once one is found
+        self._released = 0
+        self.finish_reason: str | None = None
+
+    @property
+    def n_generated(self) -> int:
+        return len(self.token_ids) - self.prompt_len
+
+    @property
+    def output_ids(self) -> list[int]:
+        return self.token_ids[self.prompt_len :]
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def append(self, token_id: int) -> StepOutput:
+        """Add one sampled token; return the text it released and the finish reason if it ended the request."""
+        self.token_ids.append(token_id)
+        if token_id in self.stop_ids:
+            self.finish_reason = "stop"  # the stop token's own text never reaches the output
+            self.text += self.detok.flush()
+            self._cut_at_stop_string()
+        else:
+            self.text += self.detok.push(token_id)
+            if self._cut_at_stop_string():
+                self.finish_reason = "stop"
+            elif self.n_generated >= self.params.max_new_tokens or len(self.token_ids) >= self.max_model_len:
+                self.text += self.detok.flush()
+                self.finish_reason = "stop" if self._cut_at_stop_string() else "length"
+        return StepOutput(self._release(), [token_id], self.finish_reason)
+
+    def _cut_at_stop_string(self) -> bool:
+        if not self.params.stop:
+            return False
+        start = max(0, self._released - self._hold)
+        hits = [i for i in (self.text.find(s, start) for s in self.params.stop) if i >= 0]
+        if not hits:
+            return False
+        self.text = self.text[: min(hits)]
+        return True
+
+    def _release(self) -> str:
+        end = len(self.text) if self.finished else max(self._released, len(self.text) - self._hold)
+        out = self.text[self._released : end]
+        self._released = end
+        return out
