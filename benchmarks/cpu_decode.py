@@ -41,7 +41,10 @@ def bench_transformers(n_tokens: int, repeat: int) -> float | None:
     tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
     inputs = tok.apply_chat_template(
-        [{"role": "user", "content": PROMPT}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        [{"role": "user", "content": PROMPT}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
     )
 
     def run(n: int) -> float:
@@ -63,7 +66,9 @@ def bench_llama_cpp(n_tokens: int, repeat: int) -> float | None:
         return None
     from tameshi.loading.default import default_gguf_path
 
-    llm = Llama(model_path=str(default_gguf_path()), n_ctx=1024, n_threads=torch.get_num_threads(), verbose=False)
+    llm = Llama(
+        model_path=str(default_gguf_path()), n_ctx=1024, n_threads=torch.get_num_threads(), verbose=False
+    )
     tokens = llm.tokenize(PROMPT.encode(), add_bos=True)
     best = 0.0
     for _ in range(repeat):
@@ -89,8 +94,10 @@ def main() -> None:
         "llama-cpp-python": bench_llama_cpp(args.tokens, args.repeat),
     }
     base = results["transformers"]
-    print(f"\nCPU decode, batch 1, {args.tokens} tokens, {torch.get_num_threads()} threads, best of {args.repeat}")
-    print(f"| engine | tokens/s | vs transformers | tameshi vs it |\n|---|---:|---:|---:|")
+    print(
+        f"\nCPU decode, batch 1, {args.tokens} tokens, {torch.get_num_threads()} threads, best of {args.repeat}"
+    )
+    print("| engine | tokens/s | vs transformers | tameshi vs it |\n|---|---:|---:|---:|")
     for name, tps in results.items():
         if tps is None:
             print(f"| {name} | not installed | | |")

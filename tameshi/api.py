@@ -1,10 +1,10 @@
 """The Python API: `LLM` loads a model once; `generate`, `chat` and `ask` run it.
 
-    from tameshi import LLM, SamplingParams
-    llm = LLM()                                   # the embedded default model
-    print(llm.ask("What is the capital of Japan?"))
-    for chunk in llm.ask("日本の首都は？", stream=True):
-        print(chunk.text, end="", flush=True)
+from tameshi import LLM, SamplingParams
+llm = LLM()                                   # the embedded default model
+print(llm.ask("What is the capital of Japan?"))
+for chunk in llm.ask("日本の首都は？", stream=True):
+    print(chunk.text, end="", flush=True)
 """
 
 from __future__ import annotations
@@ -59,9 +59,7 @@ class LLM:
     ) -> None:
         self.loaded: LoadedModel = load_model(model, device=device, dtype=dtype, progress=progress)
         self.tokenizer = self.loaded.tokenizer
-        self.engine = Engine(
-            self.loaded.model, self.tokenizer, self.loaded.generation_config, engine_config
-        )
+        self.engine = Engine(self.loaded.model, self.tokenizer, self.loaded.generation_config, engine_config)
 
     # -- parameters ---------------------------------------------------------------------------
     def sampling_params(self, params: Params = None) -> SamplingParams:
@@ -113,9 +111,7 @@ class LLM:
     def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
         template = self.loaded.chat_template
         if template is None:
-            raise TemplateError(
-                "this model ships no chat template; use generate() with raw text instead"
-            )
+            raise TemplateError("this model ships no chat template; use generate() with raw text instead")
         return encode_chat(self.tokenizer, template, messages, add_generation_prompt=True)
 
     def render_chat(self, messages: list[dict[str, Any]]) -> str:

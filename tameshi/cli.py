@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from tameshi.errors import TameshiError
 from tameshi.sampling_params import NOTEBOOK_PRESET, SamplingParams
@@ -16,7 +17,8 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Try a new open chat LLM: ask it, chat with it, inspect it. No --model: the embedded default.",
 )
-err = Console(stderr=True, highlight=False)
+# soft_wrap: an error stays one line however narrow the terminal
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 PRESETS = {"notebook": NOTEBOOK_PRESET}
 
 ModelOpt = Annotated[
@@ -25,7 +27,9 @@ ModelOpt = Annotated[
 DeviceOpt = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 … (default: cuda if present).")]
 DtypeOpt = Annotated[str | None, typer.Option(help="float32, bfloat16 or float16.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
-PresetOpt = Annotated[str | None, typer.Option(help="Sampling preset: notebook (T 0.7, top_p 0.95, top_k 40, …).")]
+PresetOpt = Annotated[
+    str | None, typer.Option(help="Sampling preset: notebook (T 0.7, top_p 0.95, top_k 40, …).")
+]
 MaxNewOpt = Annotated[int | None, typer.Option("--max-new-tokens", "-n", help="Most tokens to generate.")]
 SampleOpt = Annotated[bool | None, typer.Option("--do-sample/--greedy", help="Sample, or take the argmax.")]
 TempOpt = Annotated[float | None, typer.Option("--temperature", "-t")]
@@ -35,7 +39,9 @@ MinPOpt = Annotated[float | None, typer.Option("--min-p")]
 RepOpt = Annotated[float | None, typer.Option("--repetition-penalty")]
 SeedOpt = Annotated[int | None, typer.Option("--seed")]
 StopOpt = Annotated[list[str] | None, typer.Option("--stop", help="Stop string (repeatable).")]
-StopIdOpt = Annotated[list[int] | None, typer.Option("--stop-token-id", help="Extra stop token id (repeatable).")]
+StopIdOpt = Annotated[
+    list[int] | None, typer.Option("--stop-token-id", help="Extra stop token id (repeatable).")
+]
 IgnoreEosOpt = Annotated[bool | None, typer.Option("--ignore-eos", help="Run to the length limit.")]
 SpecialOpt = Annotated[
     bool | None, typer.Option("--skip-special-tokens/--keep-special-tokens", help="Hide special tokens.")
@@ -84,8 +90,12 @@ def ask(
     prompt: Annotated[str, typer.Argument(help="The question (one user turn).")],
     model: ModelOpt = None,
     system: SystemOpt = None,
-    raw: Annotated[bool, typer.Option("--raw", help="Send the text as is, without the chat template.")] = False,
-    show_prompt: Annotated[bool, typer.Option("--show-prompt", help="Print the rendered prompt to stderr.")] = False,
+    raw: Annotated[
+        bool, typer.Option("--raw", help="Send the text as is, without the chat template.")
+    ] = False,
+    show_prompt: Annotated[
+        bool, typer.Option("--show-prompt", help="Print the rendered prompt to stderr.")
+    ] = False,
     preset: PresetOpt = None,
     max_new_tokens: MaxNewOpt = None,
     do_sample: SampleOpt = None,
@@ -188,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     except TameshiError as e:
         if debug:
             err.print_exception()
-        err.print(f"[red]error:[/] {e}", markup=True, highlight=False)
+        err.print(Text.assemble(("error: ", "red"), str(e)))
         return 1
     except click.ClickException as e:
         e.show()
@@ -200,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             err.print_exception()
         else:
-            err.print(f"[red]internal error:[/] {type(e).__name__}: {e} (run with --debug for the traceback)")
+            msg = f"{type(e).__name__}: {e} (run with --debug for the traceback)"
+            err.print(Text.assemble(("internal error: ", "red"), msg))
         return 2
     return 0

@@ -23,7 +23,8 @@ def describe(llm: LLM) -> dict[str, Any]:
         "heads (q / kv) × dim": f"{c.n_heads} / {c.n_kv_heads} × {c.head_dim}",
         "vocab": f"{c.vocab_size} rows (tokenizer: {tok.vocab_size})",
         "context length": f"{llm.engine.max_model_len} tokens",
-        "rope": f"theta {c.rope.theta:g}, {c.rope.type}" + (f" ×{c.rope.factor:g}" if c.rope.type != "default" else ""),
+        "rope": f"theta {c.rope.theta:g}, {c.rope.type}"
+        + (f" ×{c.rope.factor:g}" if c.rope.type != "default" else ""),
         "device / dtype": f"{loaded.device} / {str(loaded.dtype).removeprefix('torch.')}",
         "quantization": quant,
         "bos": f"{tok.bos_token!r} ({tok.bos_token_id}), added: {tok.add_bos_token}",

@@ -59,16 +59,21 @@ class Sequence:
         self.token_ids.append(token_id)
         if token_id in self.stop_ids:
             self.finish_reason = "stop"  # the stop token's own text never reaches the output
-            self.text += self.detok.flush()
+            self.text += self._final_text()
             self._cut_at_stop_string()
         else:
             self.text += self.detok.push(token_id)
             if self._cut_at_stop_string():
                 self.finish_reason = "stop"
             elif self.n_generated >= self.params.max_new_tokens or len(self.token_ids) >= self.max_model_len:
-                self.text += self.detok.flush()
+                self.text += self._final_text()
                 self.finish_reason = "stop" if self._cut_at_stop_string() else "length"
         return StepOutput(self._release(), [token_id], self.finish_reason)
+
+    def _final_text(self) -> str:
+        # A generation cut mid-character (length limit, or EOS after a stray byte) leaves bytes that are
+        # no character at all; an answer never ends in "�".
+        return self.detok.flush().rstrip("\ufffd")
 
     def _cut_at_stop_string(self) -> bool:
         if not self.params.stop:

@@ -7,15 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tameshi.chat import ChatTemplate, resolve_chat_template
-from tameshi.tokenizer import Tokenizer
 
+from tameshi.chat import ChatTemplate, resolve_chat_template
 from tameshi.errors import CorruptCheckpointError, TemplateError
 from tameshi.loading.build import build_model
 from tameshi.loading.hub import ModelSource, resolve
 from tameshi.loading.safetensors import checkpoint_files, iter_tensors
 from tameshi.model.config import ModelConfig
 from tameshi.model.llama import LlamaForCausalLM
+from tameshi.tokenizer import Tokenizer
 
 
 @dataclass
