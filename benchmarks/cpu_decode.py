@@ -14,10 +14,11 @@ import torch
 PROMPT = "Write a short story about a robot who learns to paint."
 
 
-def bench_tameshi(n_tokens: int, repeat: int) -> float:
+def bench_tameshi(n_tokens: int, repeat: int, quantize: str | None = None) -> float:
     from tameshi import LLM, SamplingParams
 
-    llm = LLM(progress=False)
+    torch.manual_seed(0)
+    llm = LLM(progress=False, quantize=quantize)
     ids = llm.encode_chat([{"role": "user", "content": PROMPT}])
     params = llm.sampling_params(SamplingParams(max_new_tokens=n_tokens, do_sample=False, ignore_eos=True))
     best = 0.0
@@ -83,28 +84,45 @@ def bench_llama_cpp(n_tokens: int, repeat: int) -> float | None:
     return best
 
 
+def _isolated(fn, *args) -> float | str | None:
+    """Run a peer in its own process: a crash in native code reports, not kills, the benchmark."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        try:
+            return pool.submit(fn, *args).result(timeout=1800)
+        except Exception as e:  # BrokenProcessPool when llama.cpp dies of SIGSEGV, say
+            return f"failed: {type(e).__name__}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     results = {
-        "tameshi": bench_tameshi(args.tokens, args.repeat),
+        "tameshi (fp32, exact)": bench_tameshi(args.tokens, args.repeat),
+        "tameshi --quantize int8": bench_tameshi(args.tokens, args.repeat, "int8"),
+        "tameshi --quantize int4": bench_tameshi(args.tokens, args.repeat, "int4"),
         "transformers": bench_transformers(args.tokens, args.repeat),
-        "llama-cpp-python": bench_llama_cpp(args.tokens, args.repeat),
+        "llama-cpp-python": _isolated(bench_llama_cpp, args.tokens, args.repeat),
     }
     base = results["transformers"]
     print(
         f"\nCPU decode, batch 1, {args.tokens} tokens, {torch.get_num_threads()} threads, best of {args.repeat}"
     )
-    print("| engine | tokens/s | vs transformers | tameshi vs it |\n|---|---:|---:|---:|")
+    ours = {k: v for k, v in results.items() if k.startswith("tameshi")}
+    print("| engine | tokens/s | vs transformers | " + " | ".join(f"{k} vs it" for k in ours) + " |")
+    print("|---|---:|---:|" + "---:|" * len(ours))
     for name, tps in results.items():
-        if tps is None:
-            print(f"| {name} | not installed | | |")
+        if tps is None or isinstance(tps, str):
+            print(f"| {name} | {tps or 'not installed'} | |" + " |" * len(ours))
             continue
         vs_hf = f"{tps / base:.2f}×" if base else "–"
-        ours = f"{results['tameshi'] / tps:.2f}×"
-        print(f"| {name} | {tps:.1f} | {vs_hf} | {ours} |")
+        print(
+            f"| {name} | {tps:.1f} | {vs_hf} | " + " | ".join(f"{v / tps:.2f}×" for v in ours.values()) + " |"
+        )
 
 
 if __name__ == "__main__":

@@ -56,8 +56,11 @@ class LLM:
         dtype: str | torch.dtype | None = None,
         progress: bool = True,
         engine_config: EngineConfig | None = None,
+        quantize: str | None = None,
     ) -> None:
-        self.loaded: LoadedModel = load_model(model, device=device, dtype=dtype, progress=progress)
+        self.loaded: LoadedModel = load_model(
+            model, device=device, dtype=dtype, progress=progress, quantize=quantize
+        )
         self.tokenizer = self.loaded.tokenizer
         self.engine = Engine(self.loaded.model, self.tokenizer, self.loaded.generation_config, engine_config)
 

@@ -26,6 +26,12 @@ ModelOpt = Annotated[
 ]
 DeviceOpt = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 … (default: cuda if present).")]
 DtypeOpt = Annotated[str | None, typer.Option(help="float32, bfloat16 or float16.")]
+QuantOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="int4 or int8: weight-only at run time; much faster CPU decode, slightly other numbers."
+    ),
+]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
 PresetOpt = Annotated[
     str | None, typer.Option(help="Sampling preset: notebook (T 0.7, top_p 0.95, top_k 40, …).")
@@ -59,10 +65,10 @@ def _params(preset: str | None, **flags: Any) -> SamplingParams:
     return SamplingParams(**base)
 
 
-def _load(model: str | None, device: str | None, dtype: str | None):
+def _load(model: str | None, device: str | None, dtype: str | None, quantize: str | None):
     from tameshi.api import LLM
 
-    return LLM(model, device=device, dtype=dtype)
+    return LLM(model, device=device, dtype=dtype, quantize=quantize)
 
 
 def _stream_answer(chunks, out: Console | None = None) -> tuple[str, str | None]:
@@ -111,6 +117,7 @@ def ask(
     skip_special_tokens: SpecialOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
+    quantize: QuantOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Ask one question and stream the answer to stdout."""
@@ -119,7 +126,7 @@ def ask(
         top_k=top_k, min_p=min_p, repetition_penalty=repetition_penalty, seed=seed, stop=stop,
         stop_token_ids=stop_token_id, ignore_eos=ignore_eos, skip_special_tokens=skip_special_tokens,
     )  # fmt: skip
-    llm = _load(model, device, dtype)
+    llm = _load(model, device, dtype, quantize)
     resolved = llm.sampling_params(params)
     if raw:
         if show_prompt:
@@ -155,6 +162,7 @@ def chat(
     skip_special_tokens: SpecialOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
+    quantize: QuantOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Multi-turn chat. /reset, /system TEXT, /set PARAM VALUE, /params, /exit. Ctrl-C stops an answer."""
@@ -165,7 +173,7 @@ def chat(
         top_k=top_k, min_p=min_p, repetition_penalty=repetition_penalty, seed=seed, stop=stop,
         stop_token_ids=stop_token_id, ignore_eos=ignore_eos, skip_special_tokens=skip_special_tokens,
     )  # fmt: skip
-    llm = _load(model, device, dtype)
+    llm = _load(model, device, dtype, quantize)
     ChatSession(llm, params, system, err).run()
 
 
@@ -174,6 +182,7 @@ def info(
     model: ModelOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
+    quantize: QuantOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Architecture, size, dtype, context length, special tokens and chat template of a model."""
@@ -181,7 +190,7 @@ def info(
 
     from tameshi.model_info import describe
 
-    llm = _load(model, device, dtype)
+    llm = _load(model, device, dtype, quantize)
     table = Table(show_header=False, box=None)
     for key, value in describe(llm).items():
         table.add_row(f"[bold]{key}[/]", str(value))

@@ -10,8 +10,10 @@ from tameshi.api import LLM
 def describe(llm: LLM) -> dict[str, Any]:
     loaded, tok = llm.loaded, llm.tokenizer
     c = loaded.config
-    n_params = sum(p.numel() for p in loaded.model.parameters())
+    n_params = _count_params(loaded.config)
     quant = c.quantization.get("quant_method", "?") if c.quantization else "none"
+    if loaded.quantize:
+        quant += f"; run-time {loaded.quantize} weight-only"
     template = loaded.chat_template
     eos = ", ".join(f"{tok.decode([i], skip_special_tokens=False)!r} ({i})" for i in tok.eos_token_ids)
     return {
@@ -32,3 +34,12 @@ def describe(llm: LLM) -> dict[str, Any]:
         "chat template": template.origin if template else "none (use --raw / generate())",
         "generation defaults": loaded.generation_config or "transformers' defaults",
     }
+
+
+def _count_params(c) -> int:
+    attn = (
+        c.hidden_size * (c.n_heads + 2 * c.n_kv_heads) * c.head_dim + c.n_heads * c.head_dim * c.hidden_size
+    )
+    mlp = 3 * c.hidden_size * c.intermediate_size
+    head = 0 if c.tie_word_embeddings else c.vocab_size * c.hidden_size
+    return c.vocab_size * c.hidden_size + head + c.n_layers * (attn + mlp + 2 * c.hidden_size) + c.hidden_size

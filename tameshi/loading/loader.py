@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from tameshi.chat import ChatTemplate, resolve_chat_template
-from tameshi.errors import CorruptCheckpointError, TemplateError
+from tameshi.errors import CorruptCheckpointError, InvalidRequestError, TemplateError
 from tameshi.loading.build import build_model
 from tameshi.loading.hub import ModelSource, resolve
 from tameshi.loading.safetensors import checkpoint_files, iter_tensors
@@ -28,6 +28,7 @@ class LoadedModel:
     source: ModelSource
     device: torch.device
     dtype: torch.dtype
+    quantize: str | None = None
 
 
 def pick_device(device: str | torch.device | None) -> torch.device:
@@ -61,7 +62,11 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     progress: bool = True,
+    quantize: str | None = None,
 ) -> LoadedModel:
+    """`quantize="int8"|"int4"`: weight-only at run time, an opt-in CPU speed mode (numbers change slightly)."""
+    if quantize not in (None, "int8", "int4"):
+        raise InvalidRequestError(f"unknown run-time quantization {quantize!r}; choose int8 or int4")
     source = resolve(name)
     dev = pick_device(device)
     if source.kind == "gguf":
@@ -82,11 +87,15 @@ def load_model(
     config = ModelConfig.from_hf(raw_config)
     dt = pick_dtype(dtype, dev, config)
     model = build_model(config, tensors, dev, dt, progress=progress)
+    if quantize is not None:
+        if dev.type != "cpu":
+            raise InvalidRequestError(f"run-time {quantize} is a CPU mode; on a GPU use an AWQ checkpoint")
+        model.quantize(quantize)
     try:
         template = resolve_chat_template(tokenizer, origin=template_origin)
     except TemplateError:
         template = None  # raw generate() still works; chat() says why it cannot
-    return LoadedModel(model, config, tokenizer, template, generation_config, source, dev, dt)
+    return LoadedModel(model, config, tokenizer, template, generation_config, source, dev, dt, quantize)
 
 
 def _read_json(path: Path, missing_ok: bool = False) -> dict:

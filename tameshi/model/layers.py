@@ -31,7 +31,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # In float32 like transformers, so low-precision runs normalise the same way.
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)  # one fused op
+        # In float32, then cast back before the weight, exactly as transformers does in half precision.
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(x.dtype)
@@ -128,11 +130,12 @@ class Attention(nn.Module):
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backend: AttentionBackend
     ) -> torch.Tensor:
         qkv = self.qkv_proj(x)
-        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         t = x.shape[0]
-        q = apply_rope(q.view(t, self.n_heads, self.head_dim), cos, sin)
-        k = apply_rope(k.view(t, self.n_kv_heads, self.head_dim), cos, sin)
-        out = backend.attend(self.layer, q, k, v.view(t, self.n_kv_heads, self.head_dim))
+        # q and k heads side by side: one rotation for both
+        qk = apply_rope(qkv[:, : self.q_size + self.kv_size].view(t, -1, self.head_dim), cos, sin)
+        q, k = qk.split([self.n_heads, self.n_kv_heads], dim=1)
+        v = qkv[:, self.q_size + self.kv_size :].view(t, self.n_kv_heads, self.head_dim)
+        out = backend.attend(self.layer, q, k, v)
         return self.o_proj(out.reshape(t, self.q_size))
 
 

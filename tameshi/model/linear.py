@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tameshi.errors import CorruptCheckpointError
+from tameshi.kernels.cpu_weight_only import INT4_GROUP, Int4Weight, Int8Weight
 
 
 class Linear(nn.Module):
@@ -36,9 +37,18 @@ class Linear(nn.Module):
         self.shards = {name: (offsets[i], offsets[i + 1]) for i, name in enumerate(names)}
         self.weight = nn.Parameter(torch.empty(self.out_features, in_features), requires_grad=False)
         self.bias = nn.Parameter(torch.empty(self.out_features), requires_grad=False) if bias else None
+        self.packed: Int8Weight | Int4Weight | None = None  # run-time weight-only form (CPU)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None:
+            y = self.packed(x)
+            return y if self.bias is None else y + self.bias
         return F.linear(x, self.weight, self.bias)
+
+    def quantize(self, method: str) -> None:
+        """Replace the loaded weight by its weight-only form: "int8", or "int4" (int8 where int4 cannot go)."""
+        self.packed = quantize_weight(self.weight.data, method)
+        self.weight = None
 
     def load(self, shard: str | None, kind: str, tensor: torch.Tensor, name: str) -> None:
         """Copy checkpoint tensor `name` (a `weight` or `bias`) into its shard's rows."""
@@ -53,7 +63,8 @@ class Linear(nn.Module):
             )
         param.data[lo:hi].copy_(tensor)
 
-    def expected_tensors(self, prefix: str) -> list[str]:
-        """Checkpoint names this layer must receive, given the module prefix of its first shard's parent."""
-        kinds = ["weight"] + (["bias"] if self.bias is not None else [])
-        return [f"{prefix}{s + '.' if s else ''}{k}" for s in self.shards for k in kinds]
+
+def quantize_weight(weight: torch.Tensor, method: str) -> Int8Weight | Int4Weight:
+    if method == "int4" and weight.shape[1] % INT4_GROUP == 0:
+        return Int4Weight(weight)
+    return Int8Weight(weight)

@@ -6,12 +6,13 @@ import re
 from collections.abc import Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tameshi.errors import CorruptCheckpointError
 from tameshi.model.config import ModelConfig
 from tameshi.model.layers import MLP, Attention, AttentionBackend, RMSNorm, RotaryEmbedding
-from tameshi.model.linear import Linear
+from tameshi.model.linear import Linear, quantize_weight
 
 
 class DecoderLayer(nn.Module):
@@ -69,9 +70,20 @@ class LlamaForCausalLM(nn.Module):
             x = layer(x, cos, sin, backend)
         return self.norm(x)
 
+    def quantize(self, method: str) -> None:
+        """Opt-in CPU speed mode: every projection and the head weight-only "int8" or "int4"."""
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.quantize(method)
+        if self.lm_head is None:  # tied: the embedding table stays exact for lookups, the head gets a copy
+            with torch.device("meta"):
+                self.lm_head = Linear(self.config.hidden_size, [self.config.vocab_size])
+            self.lm_head.weight = None
+            self.lm_head.packed = quantize_weight(self.embed_tokens.weight.data, method)
+
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.lm_head is None:
-            return hidden @ self.embed_tokens.weight.t()
+            return F.linear(hidden, self.embed_tokens.weight)
         return self.lm_head(hidden)
 
     def load_weights(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
