@@ -397,3 +397,14 @@ def test_default_model_dir_converts_once(monkeypatch, tmp_path, tiny_gguf):
     write_tiny_gguf(tiny_gguf, weights=tiny_hf_weights(seed=1))
     assert default.default_model_dir(progress=False) != first
     assert len(calls) == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("qtype", [QT.F16, QT.BF16, QT.Q4_0, QT.Q4_1, QT.Q8_0, QT.Q4_K, QT.Q6_K])
+def test_dequantize_on_cuda_matches_gguf_py(qtype):
+    shape = (64, 1024)
+    raw = _reference_input(qtype, shape, np.random.default_rng(7))
+    expected = torch.from_numpy(gguf.quants.dequantize(raw, qtype).reshape(shape))
+    ours = dequantize(torch.from_numpy(np.ascontiguousarray(raw)).cuda(), qtype, shape)
+    assert ours.is_cuda
+    torch.testing.assert_close(ours.cpu(), expected, rtol=0, atol=1e-6)

@@ -1,0 +1,63 @@
+"""The same code paths on CUDA: logits equal transformers on the GPU, generation equals the CPU run."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from tameshi import LLM, SamplingParams  # noqa: E402
+from tameshi.engine.kv_cache import ContiguousKVCache  # noqa: E402
+from tameshi.loading.build import build_model  # noqa: E402
+from tameshi.loading.safetensors import checkpoint_files, iter_tensors  # noqa: E402
+from tameshi.model.config import ModelConfig  # noqa: E402
+
+pytestmark = pytest.mark.gpu
+FIXTURE_TOKENIZER = Path(__file__).parent / "fixtures" / "deepseek-llm"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny random GQA Llama with the DeepSeek-LLM fixture tokenizer and template."""
+    folder = tmp_path_factory.mktemp("tiny")
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        shutil.copy(FIXTURE_TOKENIZER / name, folder / name)
+    cfg = transformers.LlamaConfig(
+        hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=8,
+        num_key_value_heads=2, vocab_size=512, max_position_embeddings=512,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    ref = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    ref.save_pretrained(folder)
+    return folder, ref
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_logits_equal_transformers_on_cuda(tiny, dtype):
+    folder, ref = tiny
+    ref = ref.to("cuda", dtype)
+    ids = torch.randint(0, 512, (48,), generator=torch.Generator().manual_seed(1)).cuda()
+    with torch.no_grad():
+        expected = ref(ids[None]).logits[0].float()
+    config = ModelConfig.from_hf(json.loads((folder / "config.json").read_text()))
+    model = build_model(config, iter_tensors(checkpoint_files(folder)), torch.device("cuda"), dtype)
+    cache = ContiguousKVCache(config, 48, torch.device("cuda"), dtype)
+    with torch.inference_mode():
+        cache.begin_step(48)
+        got = model.compute_logits(model(ids, torch.arange(48, device="cuda"), cache)).float()
+    tol = 1e-4 if dtype == torch.float32 else 3e-2 * expected.abs().max().item()
+    torch.testing.assert_close(got, expected, atol=tol, rtol=1e-4 if dtype == torch.float32 else 3e-2)
+
+
+def test_generation_on_cuda_equals_cpu(tiny):
+    folder, _ = tiny
+    params = SamplingParams(max_new_tokens=24, min_new_tokens=24, do_sample=False, repetition_penalty=1.1)
+    cpu = LLM(str(folder), device="cpu", progress=False).ask("Hello there", params)
+    gpu = LLM(str(folder), device="cuda", dtype="float32", progress=False)
+    assert gpu.loaded.model.embed_tokens.weight.is_cuda
+    assert gpu.ask("Hello there", params).token_ids == cpu.token_ids
+    seeded = SamplingParams(max_new_tokens=16, do_sample=True, temperature=0.9, top_k=40, seed=3)
+    assert gpu.ask("Hi", seeded).token_ids == gpu.ask("Hi", seeded).token_ids
