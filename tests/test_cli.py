@@ -1,0 +1,52 @@
+"""The terminal way in: `ask` streams and owns up to a length cut; `chat` keeps history and obeys commands."""
+
+import subprocess
+import sys
+
+from tameshi.cli import main
+
+
+def test_ask_streams_and_reports_a_length_cut(capsys):
+    assert main(["ask", "Tell me a long story about a cat.", "-n", "8"]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() and "cut at the length limit" in err and "max_new_tokens=8" in err
+
+
+def test_ask_show_prompt_and_preset(capsys):
+    assert main(["ask", "Hi", "-n", "4", "--preset", "notebook", "--seed", "1", "--show-prompt"]) == 0
+    _, err = capsys.readouterr()
+    assert "<|im_start|>user\nHi<|im_end|>" in err  # the exact rendered prompt, special tokens shown
+
+
+def test_info_names_the_template_origin(capsys):
+    assert main(["info"]) == 0
+    out, _ = capsys.readouterr()
+    assert "LlamaForCausalLM" in out and "tokenizer_config.json" in out and "<|im_end|>" in out
+
+
+def test_chat_repl_commands_and_history():
+    script = "\n".join(
+        [
+            "/set max_new_tokens 6",
+            "/set temperature nonsense",
+            "/params",
+            "My name is Ada.",
+            "/system You answer in one word.",
+            "What is my name?",
+            "/reset",
+            "/exit",
+        ]
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "tameshi", "chat", "--greedy"],
+        input=script + "\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "max_new_tokens = 6" in r.stderr
+    assert "cannot read 'nonsense'" in r.stderr or "temperature" in r.stderr
+    assert "system prompt set" in r.stderr and "conversation cleared" in r.stderr
+    assert r.stdout.count(">>> ") >= 7  # one prompt per line: nothing killed the session
+    assert "Traceback" not in r.stderr
