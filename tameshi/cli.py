@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Annotated, Any
 
@@ -20,6 +21,7 @@ app = typer.Typer(
 # soft_wrap: an error stays one line however narrow the terminal
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 PRESETS = {"notebook": NOTEBOOK_PRESET}
+_SAMPLING_FIELDS = [f.name for f in dataclasses.fields(SamplingParams) if f.repr]
 
 ModelOpt = Annotated[
     str | None, typer.Option("--model", "-m", help="HF folder, hub id in the local cache, or .gguf file.")
@@ -37,6 +39,9 @@ PresetOpt = Annotated[
     str | None, typer.Option(help="Sampling preset: notebook (T 0.7, top_p 0.95, top_k 40, …).")
 ]
 MaxNewOpt = Annotated[int | None, typer.Option("--max-new-tokens", "-n", help="Most tokens to generate.")]
+MinNewOpt = Annotated[
+    int | None, typer.Option("--min-new-tokens", help="Hold EOS back until this many tokens.")
+]
 SampleOpt = Annotated[bool | None, typer.Option("--do-sample/--greedy", help="Sample, or take the argmax.")]
 TempOpt = Annotated[float | None, typer.Option("--temperature", "-t")]
 TopPOpt = Annotated[float | None, typer.Option("--top-p")]
@@ -55,13 +60,18 @@ SpecialOpt = Annotated[
 SystemOpt = Annotated[str | None, typer.Option("--system", "-s", help="System prompt.")]
 
 
-def _params(preset: str | None, **flags: Any) -> SamplingParams:
+def _params(options: dict[str, Any]) -> SamplingParams:
+    """SamplingParams from a command's options (its locals()): the preset, then every flag given."""
     base: dict[str, Any] = {}
+    preset = options.get("preset")
     if preset is not None:
         if preset not in PRESETS:
             raise typer.BadParameter(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
         base = dict(PRESETS[preset])
-    base.update({k: v for k, v in flags.items() if v is not None and v != []})
+    for name in _SAMPLING_FIELDS:
+        value = options.get(name)
+        if value is not None and value != []:
+            base[name] = value
     return SamplingParams(**base)
 
 
@@ -104,6 +114,7 @@ def ask(
     ] = False,
     preset: PresetOpt = None,
     max_new_tokens: MaxNewOpt = None,
+    min_new_tokens: MinNewOpt = None,
     do_sample: SampleOpt = None,
     temperature: TempOpt = None,
     top_p: TopPOpt = None,
@@ -112,7 +123,7 @@ def ask(
     repetition_penalty: RepOpt = None,
     seed: SeedOpt = None,
     stop: StopOpt = None,
-    stop_token_id: StopIdOpt = None,
+    stop_token_ids: StopIdOpt = None,
     ignore_eos: IgnoreEosOpt = None,
     skip_special_tokens: SpecialOpt = None,
     device: DeviceOpt = None,
@@ -121,11 +132,7 @@ def ask(
     debug: DebugOpt = False,
 ) -> None:
     """Ask one question and stream the answer to stdout."""
-    params = _params(
-        preset, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
-        top_k=top_k, min_p=min_p, repetition_penalty=repetition_penalty, seed=seed, stop=stop,
-        stop_token_ids=stop_token_id, ignore_eos=ignore_eos, skip_special_tokens=skip_special_tokens,
-    )  # fmt: skip
+    params = _params(locals())
     llm = _load(model, device, dtype, quantize)
     resolved = llm.sampling_params(params)
     if raw:
@@ -149,6 +156,7 @@ def chat(
     system: SystemOpt = None,
     preset: PresetOpt = None,
     max_new_tokens: MaxNewOpt = None,
+    min_new_tokens: MinNewOpt = None,
     do_sample: SampleOpt = None,
     temperature: TempOpt = None,
     top_p: TopPOpt = None,
@@ -157,7 +165,7 @@ def chat(
     repetition_penalty: RepOpt = None,
     seed: SeedOpt = None,
     stop: StopOpt = None,
-    stop_token_id: StopIdOpt = None,
+    stop_token_ids: StopIdOpt = None,
     ignore_eos: IgnoreEosOpt = None,
     skip_special_tokens: SpecialOpt = None,
     device: DeviceOpt = None,
@@ -168,11 +176,7 @@ def chat(
     """Multi-turn chat. /reset, /system TEXT, /set PARAM VALUE, /params, /exit. Ctrl-C stops an answer."""
     from tameshi.repl import ChatSession
 
-    params = _params(
-        preset, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
-        top_k=top_k, min_p=min_p, repetition_penalty=repetition_penalty, seed=seed, stop=stop,
-        stop_token_ids=stop_token_id, ignore_eos=ignore_eos, skip_special_tokens=skip_special_tokens,
-    )  # fmt: skip
+    params = _params(locals())
     llm = _load(model, device, dtype, quantize)
     ChatSession(llm, params, system, err).run()
 

@@ -50,3 +50,18 @@ def test_chat_repl_commands_and_history():
     assert "system prompt set" in r.stderr and "conversation cleared" in r.stderr
     assert r.stdout.count(">>> ") >= 7  # one prompt per line: nothing killed the session
     assert "Traceback" not in r.stderr
+
+
+def test_every_sampling_field_has_a_flag():
+    import dataclasses
+
+    import typer.main
+
+    from tameshi.cli import app
+    from tameshi.sampling_params import SamplingParams
+
+    commands = {c.name: c for c in typer.main.get_command(app).commands.values()}
+    for name in ("ask", "chat"):
+        params = {p.name for p in commands[name].params}
+        missing = [f.name for f in dataclasses.fields(SamplingParams) if f.repr and f.name not in params]
+        assert not missing, (name, missing)
