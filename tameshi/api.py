@@ -18,7 +18,7 @@ import torch
 
 from tameshi.chat import encode_chat
 from tameshi.engine.engine import Engine, EngineConfig
-from tameshi.errors import TemplateError
+from tameshi.errors import InvalidRequestError, TemplateError
 from tameshi.loading.loader import LoadedModel, load_model
 from tameshi.sampling_params import SamplingParams
 
@@ -30,8 +30,9 @@ Prompt = str | list[int]
 class Completion:
     text: str
     token_ids: list[int]
-    finish_reason: str  # "stop" or "length"
+    finish_reason: str  # "stop", "length", or "error" (then `error` says why; nothing was generated)
     prompt_tokens: int
+    error: str | None = None
 
     @property
     def completion_tokens(self) -> int:
@@ -77,7 +78,8 @@ class LLM:
     def generate(
         self, prompts: Prompt | Sequence[Prompt], params: Params = None, stream: bool = False
     ) -> Completion | list[Completion] | Iterator[CompletionChunk]:
-        """One prompt -> one Completion; a list of prompts -> a list. `stream=True` takes one prompt."""
+        """One prompt -> one Completion; a list -> a list, run batched, where a bad prompt gets
+        finish_reason "error" and the others still run. `stream=True` takes one prompt."""
         single = isinstance(prompts, str) or (
             isinstance(prompts, list) and (not prompts or isinstance(prompts[0], int))
         )
@@ -87,8 +89,9 @@ class LLM:
             if not single:
                 raise ValueError("stream=True takes a single prompt")
             return self._stream(ids[0], params)
-        done = [self._complete(i, params) for i in ids]
-        return done[0] if single else done
+        if single:
+            return self._complete(ids[0], params)
+        return self._complete_batch(ids, params)
 
     def _encode_raw(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, str):
@@ -124,7 +127,7 @@ class LLM:
     # -- running --------------------------------------------------------------------------------
     def _stream(self, ids: list[int], params: Params, chat: bool = False) -> Iterator[CompletionChunk]:
         resolved = self.sampling_params(params)
-        self.engine.check_prompt(ids, resolved)  # fail now, not at the first next()
+        self.engine.check_prompt(ids)  # fail now, not at the first next()
         return self._chunks(ids, resolved, chat)
 
     def _chunks(self, ids: list[int], params: SamplingParams, chat: bool) -> Iterator[CompletionChunk]:
@@ -138,9 +141,33 @@ class LLM:
             yield CompletionChunk(text, out.token_ids, out.finish_reason)
 
     def _complete(self, ids: list[int], params: Params, chat: bool = False) -> Completion:
-        text, tokens, reason = [], [], "length"
-        for chunk in self._stream(ids, params, chat):
-            text.append(chunk.text)
-            tokens += chunk.token_ids
-            reason = chunk.finish_reason or reason
-        return Completion("".join(text), tokens, reason, len(ids))
+        self.engine.check_prompt(ids)  # a single prompt raises rather than returning an error
+        return self._complete_batch([ids], params, chat)[0]
+
+    def _complete_batch(
+        self, prompts: list[list[int]], params: Params, chat: bool = False
+    ) -> list[Completion]:
+        """All prompts through the engine together (continuous batching), each with the same params."""
+        resolved = self.sampling_params(params)
+        text: list[list[str]] = [[] for _ in prompts]
+        tokens: list[list[int]] = [[] for _ in prompts]
+        reasons = ["length"] * len(prompts)
+        errors: list[str | None] = [None] * len(prompts)
+        runnable = []
+        for i, p in enumerate(prompts):
+            try:  # a bad prompt (too long, empty) fails alone; the others still run
+                self.engine.check_prompt(p)
+                runnable.append(i)
+            except InvalidRequestError as e:
+                errors[i], reasons[i] = str(e), "error"
+        for j, out in self.engine.generate_batch([(prompts[i], resolved) for i in runnable]):
+            i = runnable[j]
+            text[i].append(out.text)
+            tokens[i] += out.token_ids
+            reasons[i] = out.finish_reason or reasons[i]
+        done = []
+        for i, p in enumerate(prompts):
+            joined = "".join(text[i])
+            body = joined.lstrip() if chat else joined
+            done.append(Completion(body, tokens[i], reasons[i], len(p), errors[i]))
+        return done

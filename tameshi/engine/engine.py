@@ -1,30 +1,54 @@
-"""The generation loop: prompt ids + SamplingParams -> a stream of StepOutputs.
+"""The engine: requests in, token steps out. Owns the scheduler, the KV block pool and the runner.
 
-This first engine runs one sequence at a time over a contiguous KV cache; the batching engine
-(scheduler, paged blocks) keeps the same `stream` interface.
+`add_request` / `step` / `abort` are the whole interface; `stream` and `generate_batch` are
+conveniences for the synchronous Python API. Not thread-safe: `AsyncEngine` gives it one thread.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
-from tameshi.engine.kv_cache import ContiguousKVCache
-from tameshi.engine.sampler import Sampler, make_generator
+from tameshi.engine.block_manager import BlockManager
+from tameshi.engine.paged_cache import PagedKVCache, kv_bytes_per_token
+from tameshi.engine.runner import ModelRunner
+from tameshi.engine.sampler import make_generator
+from tameshi.engine.scheduler import Scheduler, SchedulerConfig
 from tameshi.engine.sequence import Sequence, StepOutput
 from tameshi.errors import InvalidRequestError, PromptTooLongError
 from tameshi.model.llama import LlamaForCausalLM
 from tameshi.sampling_params import SamplingParams
 from tameshi.tokenizer import Tokenizer
 
+log = logging.getLogger("tameshi")
+
 
 @dataclass(frozen=True)
 class EngineConfig:
     max_model_len: int | None = None  # None: the model's context length
-    prefill_chunk: int = 2048  # long prompts are prefilled in pieces to bound activation memory
+    block_size: int = 16
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    num_kv_blocks: int | None = None  # a fixed pool; None: sized from memory as below
+    cpu_kv_cache_gib: float = 1.0
+    gpu_memory_utilization: float = 0.9  # of the GPU's memory, model included, the engine may use
+    enable_prefix_caching: bool = True
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    running: int
+    waiting: int
+    kv_blocks_used: int
+    kv_blocks_free: int
+    kv_blocks_total: int
+    block_size: int
+    prefix_cache_hit_rate: float  # prompt tokens served from the prefix cache / prompt tokens admitted
+    preemptions: int
 
 
 class Engine:
@@ -38,15 +62,45 @@ class Engine:
         self.model = model
         self.tokenizer = tokenizer
         self.generation_config = generation_config
-        self.config = config or EngineConfig()
-        context = model.config.context_length
-        self.max_model_len = min(self.config.max_model_len or context, context)
-        self.sampler = Sampler()
-        self._ids = itertools.count()
+        self.config = config = config or EngineConfig()
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
+        context = min(config.max_model_len or model.config.context_length, model.config.context_length)
+        num_blocks = self._pool_blocks(context)
+        # A sequence must always fit the pool alone, or preemption could never make room for it.
+        self.max_model_len = min(context, num_blocks * config.block_size)
+        self.cache = PagedKVCache(model.config, num_blocks, config.block_size, self.device, self.dtype)
+        self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(
+            SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens), self.blocks
+        )
+        self.runner = ModelRunner(model, self.cache)
+        self._ids = itertools.count()
+        gib = num_blocks * config.block_size * kv_bytes_per_token(model.config, self.dtype) / 2**30
+        log.info(
+            "KV cache: %d blocks x %d tokens = %d tokens (%.2f GiB) on %s",
+            num_blocks, config.block_size, num_blocks * config.block_size, gib, self.device,
+        )  # fmt: skip
 
-    def check_prompt(self, prompt_ids: list[int], params: SamplingParams) -> None:
+    def _pool_blocks(self, context: int) -> int:
+        c = self.config
+        if c.num_kv_blocks is not None:
+            return c.num_kv_blocks
+        per_block = c.block_size * kv_bytes_per_token(self.model.config, self.dtype)
+        if self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            budget = free - (1 - c.gpu_memory_utilization) * total
+        else:
+            budget = c.cpu_kv_cache_gib * 2**30
+        # More than max_num_seqs full contexts could never be used.
+        most = c.max_num_seqs * -(-context // c.block_size)
+        blocks = min(int(budget // per_block), most)
+        if blocks < 1:
+            raise InvalidRequestError(f"no memory left for even one KV block ({per_block / 2**20:.1f} MiB)")
+        return blocks
+
+    # -- requests --------------------------------------------------------------------------------
+    def check_prompt(self, prompt_ids: list[int]) -> None:
         if not prompt_ids:
             raise InvalidRequestError("the prompt is empty")
         vocab = self.model.config.vocab_size
@@ -58,39 +112,68 @@ class Engine:
                 f"{self.max_model_len} tokens (with room for at least one new token)"
             )
 
-    def stream(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[StepOutput]:
-        """Generate for one prompt; `params` must be resolved. Yields after every new token."""
-        self.check_prompt(prompt_ids, params)
-        seq = Sequence(next(self._ids), prompt_ids, params, self.tokenizer, self.max_model_len)
-        capacity = min(self.max_model_len, len(prompt_ids) + params.max_new_tokens)
-        cache = ContiguousKVCache(self.model.config, capacity, self.device, self.dtype)
-        history = torch.tensor(prompt_ids, dtype=torch.long, device=self.device)
-        generator = None if params.greedy else make_generator(params.seed, self.device)
-        pending = list(prompt_ids)
-        while not seq.finished:
-            token = self._step(cache, pending, history, seq, generator)
-            history = torch.cat([history, token])
-            out = seq.append(int(token.item()))
-            pending = out.token_ids
-            yield out
+    def add_request(self, prompt_ids: list[int], params: SamplingParams) -> int:
+        """Queue a request (params resolved); a bad one raises here and touches nothing else."""
+        self.check_prompt(prompt_ids)
+        seq = Sequence(next(self._ids), list(prompt_ids), params, self.tokenizer, self.max_model_len)
+        if not params.greedy:
+            seq.generator = make_generator(params.seed, self.device)
+        self.scheduler.add(seq)
+        return seq.seq_id
 
-    @torch.inference_mode()
-    def _step(self, cache, pending, history, seq, generator) -> torch.Tensor:
-        start = cache.length
-        hidden = None
-        for lo in range(0, len(pending), self.config.prefill_chunk):
-            chunk = pending[lo : lo + self.config.prefill_chunk]
-            ids = torch.tensor(chunk, dtype=torch.long, device=self.device)
-            positions = torch.arange(start + lo, start + lo + len(chunk), device=self.device)
-            cache.begin_step(len(chunk))
-            hidden = self.model(ids, positions, cache)
-            cache.end_step()
-        logits = self.model.compute_logits(hidden[-1:])
-        return self.sampler(
-            logits,
-            [history],
-            [seq.params],
-            [generator],
-            n_generated=[seq.n_generated],
-            eos_ids=[tuple(seq.stop_ids)],
+    def abort(self, seq_id: int) -> None:
+        self.scheduler.abort(seq_id)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def step(self) -> list[tuple[int, StepOutput]]:
+        batch = self.scheduler.schedule()
+        if not batch:
+            return []
+        sampled = self.runner.run(batch)
+        for seq, n in zip(batch.seqs, batch.num_tokens, strict=True):
+            seq.num_computed_tokens += n
+            self.blocks.commit(seq)
+        outputs = []
+        for seq, token in sampled:
+            outputs.append((seq.seq_id, seq.append(token)))
+            if seq.finished:
+                self.scheduler.finish(seq)
+        return outputs
+
+    def stats(self) -> EngineStats:
+        b = self.blocks
+        rate = b.prefix_hit_tokens / b.prefix_queried_tokens if b.prefix_queried_tokens else 0.0
+        return EngineStats(
+            running=len(self.scheduler.running),
+            waiting=len(self.scheduler.waiting),
+            kv_blocks_used=b.num_used_blocks,
+            kv_blocks_free=b.num_free_blocks,
+            kv_blocks_total=len(b.blocks),
+            block_size=b.block_size,
+            prefix_cache_hit_rate=rate,
+            preemptions=self.scheduler.num_preemptions,
         )
+
+    # -- synchronous conveniences ----------------------------------------------------------------
+    def generate_batch(
+        self, requests: list[tuple[list[int], SamplingParams]]
+    ) -> Iterator[tuple[int, StepOutput]]:
+        """Run requests together; yield (index in `requests`, output) as steps complete."""
+        if self.has_unfinished():
+            raise RuntimeError("the engine is busy; concurrent callers go through AsyncEngine")
+        index = {}
+        try:
+            for i, (ids, params) in enumerate(requests):
+                index[self.add_request(ids, params)] = i
+            while self.has_unfinished():
+                for seq_id, out in self.step():
+                    yield index[seq_id], out
+        finally:
+            for seq_id in index:  # the caller stopped early (or a request was bad): free everything
+                self.abort(seq_id)
+
+    def stream(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[StepOutput]:
+        for _, out in self.generate_batch([(prompt_ids, params)]):
+            yield out

@@ -41,6 +41,15 @@ class Sequence:
         self.text = ""  # decoded output, cut at a stop string once one is found
         self._released = 0
         self.finish_reason: str | None = None
+        # scheduling state (the engine's, not the output's)
+        self.block_table: list[int] = []
+        self.num_computed_tokens = 0  # tokens whose K/V are in the cache
+        self.num_cached_tokens = 0  # of those, how many came from the prefix cache at admission
+        self.generator = None  # per-request torch.Generator when seeded
+        self.preempted = 0  # times its blocks were taken back (recomputed later)
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
 
     @property
     def n_generated(self) -> int:

@@ -1,0 +1,106 @@
+"""The paged KV pool and attention over it, in PyTorch (the CPU path, and the reference for kernels).
+
+Slots are numbered block_id * block_size + offset. Before a step the runner calls `prepare` with each
+sequence's query span and context; every layer's `attend` then writes the new K/V into their slots
+and attends each sequence over its own context. Decode sequences (one query each) are gathered and
+attended in one padded call; prefill chunks one by one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from tameshi.model.config import ModelConfig
+
+
+def kv_bytes_per_token(config: ModelConfig, dtype: torch.dtype) -> int:
+    return 2 * config.n_layers * config.n_kv_heads * config.head_dim * torch.finfo(dtype).bits // 8
+
+
+@dataclass
+class _Prefill:
+    q_start: int
+    q_len: int
+    slots: torch.Tensor  # [ctx_len] slot of every context position
+    mask: torch.Tensor | None  # [q_len, ctx_len], None when plain causal from position 0
+
+
+@dataclass
+class _Decode:
+    q_index: torch.Tensor  # [B] rows of the flattened batch
+    slots: torch.Tensor  # [B, max_ctx], padded with slot 0
+    mask: torch.Tensor  # [B, 1, 1, max_ctx] True where attended
+
+
+class PagedKVCache:
+    def __init__(self, config: ModelConfig, num_blocks: int, block_size: int, device, dtype) -> None:
+        shape = (config.n_layers, num_blocks * block_size, config.n_kv_heads, config.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.block_size = block_size
+        self.num_blocks = num_blocks
+        self.device = device
+        self._slot_mapping: torch.Tensor | None = None
+        self._prefills: list[_Prefill] = []
+        self._decode: _Decode | None = None
+
+    def slots_for(self, block_table: list[int], start: int, end: int) -> list[int]:
+        bs = self.block_size
+        return [block_table[p // bs] * bs + p % bs for p in range(start, end)]
+
+    def prepare(self, spans: list[tuple[list[int], int, int]]) -> None:
+        """spans: per sequence (block_table, first new position, number of new tokens), in batch order."""
+        new_slots: list[int] = []
+        self._prefills, decodes = [], []
+        q_start = 0
+        for table, start, n in spans:
+            ctx = self.slots_for(table, 0, start + n)
+            new_slots += ctx[start:]
+            if n == 1:
+                decodes.append((q_start, ctx))
+            else:
+                mask = None
+                if start > 0:  # queries see the cached context, then the new tokens causally
+                    q_pos = torch.arange(start, start + n, device=self.device)
+                    mask = torch.arange(start + n, device=self.device)[None, :] <= q_pos[:, None]
+                slots = torch.tensor(ctx, device=self.device)
+                self._prefills.append(_Prefill(q_start, n, slots, mask))
+            q_start += n
+        self._slot_mapping = torch.tensor(new_slots, device=self.device)
+        self._decode = self._prepare_decode(decodes) if decodes else None
+
+    def _prepare_decode(self, decodes: list[tuple[int, list[int]]]) -> _Decode:
+        width = max(len(ctx) for _, ctx in decodes)
+        slots = torch.zeros(len(decodes), width, dtype=torch.long)
+        mask = torch.zeros(len(decodes), 1, 1, width, dtype=torch.bool)
+        for row, (_, ctx) in enumerate(decodes):
+            slots[row, : len(ctx)] = torch.tensor(ctx)
+            mask[row, ..., : len(ctx)] = True
+        q_index = torch.tensor([q for q, _ in decodes])
+        return _Decode(q_index.to(self.device), slots.to(self.device), mask.to(self.device))
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        k_cache, v_cache = self.k[layer], self.v[layer]
+        k_cache.index_copy_(0, self._slot_mapping, k)
+        v_cache.index_copy_(0, self._slot_mapping, v)
+        out = torch.empty_like(q)
+        gqa = q.shape[1] != k.shape[1]
+        for p in self._prefills:
+            qs = q[p.q_start : p.q_start + p.q_len].transpose(0, 1)[None]
+            keys = k_cache[p.slots].transpose(0, 1)[None]
+            values = v_cache[p.slots].transpose(0, 1)[None]
+            o = F.scaled_dot_product_attention(
+                qs, keys, values, attn_mask=p.mask, is_causal=p.mask is None, enable_gqa=gqa
+            )
+            out[p.q_start : p.q_start + p.q_len] = o[0].transpose(0, 1)
+        d = self._decode
+        if d is not None:
+            qs = q[d.q_index][:, :, None]  # [B, heads, 1, dim]
+            keys = k_cache[d.slots].transpose(1, 2)  # [B, kv_heads, ctx, dim]
+            values = v_cache[d.slots].transpose(1, 2)
+            o = F.scaled_dot_product_attention(qs, keys, values, attn_mask=d.mask, enable_gqa=gqa)
+            out[d.q_index] = o[:, :, 0]
+        return out
