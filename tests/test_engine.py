@@ -1,0 +1,161 @@
+"""The batching engine: batched == solo, preemption, prefix cache, aborts, per-request sampling."""
+
+import random
+
+import pytest
+
+from tameshi import LLM, SamplingParams
+from tameshi.engine.engine import Engine, EngineConfig
+from tameshi.errors import PromptTooLongError
+
+N_NEW = 16
+
+
+@pytest.fixture(scope="module")
+def llm():
+    return LLM(progress=False)
+
+
+def make_engine(llm, **config) -> Engine:
+    return Engine(llm.loaded.model, llm.tokenizer, llm.loaded.generation_config, EngineConfig(**config))
+
+
+def greedy(n=N_NEW, **extra) -> SamplingParams:
+    return SamplingParams(max_new_tokens=n, do_sample=False, **extra).resolve({})
+
+
+def prompts(llm, count: int, seed: int = 0) -> list[list[int]]:
+    rng = random.Random(seed)
+    words = [
+        "the",
+        "cat",
+        "sat",
+        "on",
+        "a",
+        "mat",
+        "while",
+        "tokyo",
+        "rain",
+        "fell",
+        "softly",
+        "and",
+        "東京",
+        "の",
+        "雨",
+        "が",
+        "静か",
+        "に",
+        "降る",
+    ]
+    out = []
+    for i in range(count):
+        length = rng.choice([3, 8, 20, 45, 90, 150])
+        text = " ".join(rng.choice(words) for _ in range(length))
+        out.append(llm.encode_chat([{"role": "user", "content": f"{i}: {text}"}]))
+    return out
+
+
+_SOLO: dict = {}
+
+
+def solo(llm, ids, params) -> list[int]:
+    key = (tuple(ids), params)
+    if key not in _SOLO:
+        engine = make_engine(llm, enable_prefix_caching=False)
+        _SOLO[key] = [t for out in engine.stream(ids, params) for t in out.token_ids]
+    return _SOLO[key]
+
+
+def run_all(engine, requests) -> dict[int, list[int]]:
+    got = {i: [] for i in range(len(requests))}
+    for i, out in engine.generate_batch(requests):
+        got[i] += out.token_ids
+    return got
+
+
+def test_batched_equals_solo(llm):
+    ps = prompts(llm, 16)
+    assert len({len(p) for p in ps}) > 4  # mixed lengths
+    engine = make_engine(llm, max_num_batched_tokens=256)  # long prompts prefill in chunks beside decodes
+    got = run_all(engine, [(p, greedy()) for p in ps])
+    for i, p in enumerate(ps):
+        assert got[i] == solo(llm, p, greedy()), i
+    assert engine.stats().kv_blocks_used == 0
+
+
+def test_preemption_keeps_outputs_identical(llm):
+    ps = prompts(llm, 8, seed=1)
+    n_new = 40  # long enough that every sequence needs new blocks while decoding
+    longest = max(len(p) for p in ps) + n_new
+    # room for the longest sequence and a little more: sequences admitted together must evict each other
+    engine = make_engine(llm, block_size=16, num_kv_blocks=-(-longest // 16) + 2)
+    got = run_all(engine, [(p, greedy(n_new)) for p in ps])
+    assert engine.stats().preemptions > 0
+    for i, p in enumerate(ps):
+        assert got[i] == solo(llm, p, greedy(n_new)), i
+    assert engine.stats().kv_blocks_used == 0
+
+
+def test_shared_prefix_reuses_blocks_and_gives_the_same_tokens(llm):
+    system = "You are a careful assistant. " * 12
+    ps = [
+        llm.encode_chat([{"role": "system", "content": system}, {"role": "user", "content": q}])
+        for q in ("What is 2+2?", "Name a colour.", "日本の首都は？", "Say hello.")
+    ]
+    cached = make_engine(llm)
+    first = run_all(cached, [(ps[0], greedy())])  # fills the cache
+    rest = run_all(cached, [(p, greedy()) for p in ps[1:]])
+    assert cached.stats().prefix_cache_hit_rate > 0
+    plain = make_engine(llm, enable_prefix_caching=False)
+    expected = run_all(plain, [(p, greedy()) for p in ps])
+    assert [first[0], *rest.values()] == list(expected.values())
+
+
+def test_aborting_half_leaves_the_rest_identical_and_frees_every_block(llm):
+    rng = random.Random(3)
+    ps = prompts(llm, 32, seed=2)
+    engine = make_engine(llm)
+    ids = [engine.add_request(p, greedy()) for p in ps]
+    doomed = set(rng.sample(ids, 16))
+    abort_at = {i: rng.randint(0, N_NEW) for i in doomed}
+    got = {i: [] for i in ids}
+    step = 0
+    while engine.has_unfinished():
+        for seq_id in [i for i in doomed if abort_at[i] == step]:
+            engine.abort(seq_id)
+        for seq_id, out in engine.step():
+            got[seq_id] += out.token_ids
+        step += 1
+    for seq_id, p in zip(ids, ps, strict=True):
+        if seq_id not in doomed:
+            assert got[seq_id] == solo(llm, p, greedy()), seq_id
+    stats = engine.stats()
+    assert stats.kv_blocks_used == 0 and stats.running == stats.waiting == 0
+
+
+def test_prompt_longer_than_context_is_refused_alone(llm):
+    engine = make_engine(llm, max_model_len=64)
+    ok = llm.encode_chat([{"role": "user", "content": "Hi"}])
+    first = engine.add_request(ok, greedy())
+    with pytest.raises(PromptTooLongError, match="64"):
+        engine.add_request(list(range(100)), greedy())
+    outs = [out for step in iter(engine.step, []) for _, out in step]
+    assert outs[-1].finish_reason in ("stop", "length") and first == 0
+    # the sync API: the bad prompt gets an error completion, the others run
+    done = llm.generate([ok, [5] * (llm.engine.max_model_len + 1), ok], greedy())
+    assert [c.finish_reason == "error" for c in done] == [False, True, False]
+    assert "context window" in done[1].error and done[0].token_ids == done[2].token_ids
+
+
+def test_seeded_sampling_alone_equals_inside_a_batch(llm):
+    ps = prompts(llm, 6, seed=4)
+    sampled = SamplingParams(
+        max_new_tokens=N_NEW, do_sample=True, temperature=0.9, top_p=0.9, seed=11
+    ).resolve({})
+    alone = run_all(make_engine(llm), [(ps[0], sampled)])[0]
+    others = [
+        (p, SamplingParams(max_new_tokens=N_NEW, do_sample=True, seed=i).resolve({}))
+        for i, p in enumerate(ps[1:])
+    ]
+    mixed = run_all(make_engine(llm), [others[0], (ps[0], sampled), *others[1:], (ps[1], greedy(stop=["."]))])
+    assert mixed[1] == alone
