@@ -25,6 +25,7 @@ def describe(llm: LLM) -> dict[str, Any]:
         "heads (q / kv) × dim": f"{c.n_heads} / {c.n_kv_heads} × {c.head_dim}",
         "vocab": f"{c.vocab_size} rows (tokenizer: {tok.vocab_size})",
         "context length": f"{llm.engine.max_model_len} tokens",
+        "KV cache": _kv(llm),
         "rope": f"theta {c.rope.theta:g}, {c.rope.type}"
         + (f" ×{c.rope.factor:g}" if c.rope.type != "default" else ""),
         "device / dtype": f"{loaded.device} / {str(loaded.dtype).removeprefix('torch.')}",
@@ -43,3 +44,8 @@ def _count_params(c) -> int:
     mlp = 3 * c.hidden_size * c.intermediate_size
     head = 0 if c.tie_word_embeddings else c.vocab_size * c.hidden_size
     return c.vocab_size * c.hidden_size + head + c.n_layers * (attn + mlp + 2 * c.hidden_size) + c.hidden_size
+
+
+def _kv(llm: LLM) -> str:
+    s = llm.engine.stats()
+    return f"{s.kv_blocks_total} blocks × {s.block_size} = {s.kv_blocks_total * s.block_size:,} tokens"
