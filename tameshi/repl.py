@@ -27,7 +27,11 @@ class ChatSession:
         self.console = console
 
     def run(self) -> None:
-        self.console.print(f"[dim]chatting with {self.llm.loaded.source.path.name}; /help for commands[/]")
+        kv = self.llm.engine.stats()
+        self.console.print(
+            f"[dim]chatting with {self.llm.loaded.source.path.name} (context {self.llm.engine.max_model_len}, "
+            f"KV cache {kv.kv_blocks_total * kv.block_size:,} tokens); /help for commands[/]"
+        )
         while True:
             try:
                 line = input(">>> ")
