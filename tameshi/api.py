@@ -9,7 +9,7 @@ for chunk in llm.ask("日本の首都は？", stream=True):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,9 @@ from typing import Any
 import torch
 
 from tameshi.chat import encode_chat
+from tameshi.engine.async_engine import AsyncEngine
 from tameshi.engine.engine import Engine, EngineConfig
+from tameshi.engine.sequence import StepOutput
 from tameshi.errors import InvalidRequestError, TemplateError
 from tameshi.loading.loader import LoadedModel, load_model
 from tameshi.sampling_params import SamplingParams
@@ -64,6 +66,23 @@ class LLM:
         )
         self.tokenizer = self.loaded.tokenizer
         self.engine = Engine(self.loaded.model, self.tokenizer, self.loaded.generation_config, engine_config)
+        self._async: AsyncEngine | None = None
+
+    @property
+    def async_engine(self) -> AsyncEngine:
+        """The engine on its own thread, for many concurrent (asyncio or threaded) callers.
+
+        Once started it owns the engine: the synchronous methods then go through it too.
+        """
+        if self._async is None:
+            self._async = AsyncEngine(self.engine)
+            self._async.start()
+        return self._async
+
+    def close(self) -> None:
+        """Stop the engine thread, if one was started."""
+        if self._async is not None:
+            self._async.stop()
 
     # -- parameters ---------------------------------------------------------------------------
     def sampling_params(self, params: Params = None) -> SamplingParams:
@@ -114,6 +133,19 @@ class LLM:
         ]
         return self.chat(messages, params, stream=stream)
 
+    async def achat(
+        self, messages: list[dict[str, Any]], params: Params = None
+    ) -> AsyncIterator[CompletionChunk]:
+        """Stream a chat answer in asyncio; many may run at once. Leaving early aborts the request."""
+        ids = self.encode_chat(messages)
+        resolved = self.sampling_params(params)
+        self.engine.check_prompt(ids)
+        started = False
+        async for out in self.async_engine.generate(ids, resolved):
+            text = out.text if started else out.text.lstrip()
+            started = started or bool(text)
+            yield CompletionChunk(text, out.token_ids, out.finish_reason)
+
     def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
         template = self.loaded.chat_template
         if template is None:
@@ -132,13 +164,22 @@ class LLM:
 
     def _chunks(self, ids: list[int], params: SamplingParams, chat: bool) -> Iterator[CompletionChunk]:
         started = not chat
-        for out in self.engine.stream(ids, params):
+        outputs = self._async.stream_sync(ids, params) if self._async else self.engine.stream(ids, params)
+        for out in outputs:
             text = out.text
             if not started:
                 # Templates like DeepSeek's end in "Assistant:" and the model supplies the space.
                 text = text.lstrip()
                 started = bool(text)
             yield CompletionChunk(text, out.token_ids, out.finish_reason)
+
+    def _run_batch(
+        self, requests: list[tuple[list[int], SamplingParams]]
+    ) -> Iterator[tuple[int, StepOutput]]:
+        if self._async is None:
+            return self.engine.generate_batch(requests)
+        # the engine belongs to its thread now: one request after another through it
+        return ((i, out) for i, (ids, p) in enumerate(requests) for out in self._async.stream_sync(ids, p))
 
     def _complete(self, ids: list[int], params: Params, chat: bool = False) -> Completion:
         self.engine.check_prompt(ids)  # a single prompt raises rather than returning an error
@@ -160,7 +201,7 @@ class LLM:
                 runnable.append(i)
             except InvalidRequestError as e:
                 errors[i], reasons[i] = str(e), "error"
-        for j, out in self.engine.generate_batch([(prompts[i], resolved) for i in runnable]):
+        for j, out in self._run_batch([(prompts[i], resolved) for i in runnable]):
             i = runnable[j]
             text[i].append(out.text)
             tokens[i] += out.token_ids

@@ -159,3 +159,38 @@ def test_seeded_sampling_alone_equals_inside_a_batch(llm):
     ]
     mixed = run_all(make_engine(llm), [others[0], (ps[0], sampled), *others[1:], (ps[1], greedy(stop=["."]))])
     assert mixed[1] == alone
+
+
+def test_async_consumers_on_the_real_engine(llm):
+    """Many asyncio consumers share the engine; those that leave early are aborted and free their blocks."""
+    import asyncio
+
+    fresh = LLM(progress=False)
+    messages = [[{"role": "user", "content": f"Count to {i}."}] for i in range(12)]
+    params = SamplingParams(max_new_tokens=12, do_sample=False)
+    expected = [c.text for c in fresh.generate([fresh.encode_chat(m) for m in messages], params)]
+
+    async def consume(i):
+        chunks = []
+        gen = fresh.achat(messages[i], params)
+        async for chunk in gen:
+            chunks.append(chunk)
+            if i % 3 == 0 and len(chunks) == 2:
+                await gen.aclose()  # this client disconnects
+                return None
+        return "".join(c.text for c in chunks).strip(), chunks[-1].finish_reason
+
+    async def main():
+        return await asyncio.gather(*(consume(i) for i in range(12)))
+
+    results = asyncio.run(main())
+    try:
+        for i, r in enumerate(results):
+            if i % 3:
+                assert r[0] == expected[i].strip() and r[1] in ("stop", "length")
+        assert fresh.async_engine.is_alive
+        assert fresh.engine.stats().kv_blocks_used == 0
+        # the synchronous API keeps working through the engine's thread
+        assert fresh.ask("Hi", SamplingParams(max_new_tokens=4, do_sample=False)).completion_tokens <= 4
+    finally:
+        fresh.close()
