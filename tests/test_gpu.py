@@ -61,3 +61,25 @@ def test_generation_on_cuda_equals_cpu(tiny):
     assert gpu.ask("Hello there", params).token_ids == cpu.token_ids
     seeded = SamplingParams(max_new_tokens=16, do_sample=True, temperature=0.9, top_k=40, seed=3)
     assert gpu.ask("Hi", seeded).token_ids == gpu.ask("Hi", seeded).token_ids
+
+
+def test_batched_engine_on_cuda_equals_solo(tiny):
+    """The paged engine on CUDA: a batch with chunked prefill and a tight pool equals solo runs."""
+    from tameshi.engine.engine import Engine, EngineConfig
+
+    folder, _ = tiny
+    llm = LLM(str(folder), device="cuda", dtype="float32", progress=False)
+    prompts = [llm.tokenizer.encode("word " * n) for n in (3, 40, 90, 7, 150, 20)]
+    params = SamplingParams(max_new_tokens=20, min_new_tokens=20, do_sample=False).resolve({})
+
+    def engine(**config):
+        return Engine(llm.loaded.model, llm.tokenizer, llm.loaded.generation_config, EngineConfig(**config))
+
+    solo = [[t for o in engine().stream(p, params) for t in o.token_ids] for p in prompts]
+    tight = engine(num_kv_blocks=16, max_num_batched_tokens=64)
+    got = {i: [] for i in range(len(prompts))}
+    for i, out in tight.generate_batch([(p, params) for p in prompts]):
+        got[i] += out.token_ids
+    assert list(got.values()) == solo
+    assert tight.stats().preemptions > 0 and tight.stats().kv_blocks_used == 0
+    assert engine().stats().kv_blocks_total > 1000  # sized from free GPU memory
