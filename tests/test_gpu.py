@@ -27,7 +27,7 @@ def tiny(tmp_path_factory):
         shutil.copy(FIXTURE_TOKENIZER / name, folder / name)
     cfg = transformers.LlamaConfig(
         hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=8,
-        num_key_value_heads=2, vocab_size=512, max_position_embeddings=512,
+        num_key_value_heads=2, vocab_size=512, max_position_embeddings=512, initializer_range=0.2,
     )  # fmt: skip
     torch.manual_seed(0)
     ref = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
