@@ -37,11 +37,13 @@ def tiny(tmp_path_factory):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_logits_equal_transformers_on_cuda(tiny, dtype):
+    import copy
+
     folder, ref = tiny
-    ref = ref.to("cuda", dtype)
     ids = torch.randint(0, 512, (48,), generator=torch.Generator().manual_seed(1)).cuda()
     with torch.no_grad():
-        expected = ref(ids[None]).logits[0].float()
+        exact = copy.deepcopy(ref).to("cuda")(ids[None]).logits[0].float()
+        hf_same_dtype = copy.deepcopy(ref).to("cuda", dtype)(ids[None]).logits[0].float()
     config = ModelConfig.from_hf(json.loads((folder / "config.json").read_text()))
     model = build_model(config, iter_tensors(checkpoint_files(folder)), torch.device("cuda"), dtype)
     cache = ContiguousKVCache(config, 48, torch.device("cuda"), dtype)
@@ -49,10 +51,14 @@ def test_logits_equal_transformers_on_cuda(tiny, dtype):
         cache.begin_step(48)
         got = model.compute_logits(model(ids, torch.arange(48, device="cuda"), cache)).float()
     if dtype == torch.float32:
-        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
-    else:  # bf16 rounds differently in fused vs separate matmuls: compare as a whole, and the argmax
-        assert (got - expected).norm() / expected.norm() < 2e-2
-        assert (got.argmax(-1) == expected.argmax(-1)).float().mean() > 0.95
+        torch.testing.assert_close(got, exact, atol=1e-4, rtol=1e-4)
+    else:
+        # bf16 rounds differently in fused vs separate matmuls; what matters is that we are no further
+        # from the fp32 truth than transformers itself is in bf16.
+        ours = ((got - exact).norm() / exact.norm()).item()
+        theirs = ((hf_same_dtype - exact).norm() / exact.norm()).item()
+        print(f"bf16 relative error vs fp32: tameshi {ours:.4f}, transformers {theirs:.4f}")
+        assert ours <= 1.5 * theirs + 1e-3
 
 
 def test_generation_on_cuda_equals_cpu(tiny):
