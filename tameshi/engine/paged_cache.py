@@ -30,9 +30,9 @@ class _Prefill:
 
 @dataclass
 class _Decode:
-    q_index: torch.Tensor  # [B] rows of the flattened batch
-    slots: torch.Tensor  # [B, max_ctx], padded with slot 0
-    mask: torch.Tensor  # [B, 1, 1, max_ctx] True where attended
+    q_index: torch.Tensor | None  # [B] rows of the flattened batch; None when the batch is all decodes
+    blocks: torch.Tensor  # [B, max_blocks] block tables, padded with block 0
+    mask: torch.Tensor  # [B, 1, 1, max_blocks * block_size] True where attended
 
 
 class PagedKVCache:
@@ -60,7 +60,7 @@ class PagedKVCache:
             ctx = self.slots_for(table, 0, start + n)
             new_slots += ctx[start:]
             if n == 1:
-                decodes.append((q_start, ctx))
+                decodes.append((q_start, table[: -(-(start + 1) // self.block_size)], start + 1))
             else:
                 mask = None
                 if start > 0:  # queries see the cached context, then the new tokens causally
@@ -70,17 +70,18 @@ class PagedKVCache:
                 self._prefills.append(_Prefill(q_start, n, slots, mask))
             q_start += n
         self._slot_mapping = torch.tensor(new_slots, device=self.device)
-        self._decode = self._prepare_decode(decodes) if decodes else None
+        self._decode = self._prepare_decode(decodes, all_decode=not self._prefills) if decodes else None
 
-    def _prepare_decode(self, decodes: list[tuple[int, list[int]]]) -> _Decode:
-        width = max(len(ctx) for _, ctx in decodes)
-        slots = torch.zeros(len(decodes), width, dtype=torch.long)
-        mask = torch.zeros(len(decodes), 1, 1, width, dtype=torch.bool)
-        for row, (_, ctx) in enumerate(decodes):
-            slots[row, : len(ctx)] = torch.tensor(ctx)
-            mask[row, ..., : len(ctx)] = True
-        q_index = torch.tensor([q for q, _ in decodes])
-        return _Decode(q_index.to(self.device), slots.to(self.device), mask.to(self.device))
+    def _prepare_decode(self, decodes: list[tuple[int, list[int], int]], all_decode: bool) -> _Decode:
+        # Whole blocks are gathered (few, contiguous copies) rather than single slots.
+        width = max(len(table) for _, table, _ in decodes)
+        blocks = torch.zeros(len(decodes), width, dtype=torch.long)
+        mask = torch.zeros(len(decodes), 1, 1, width * self.block_size, dtype=torch.bool)
+        for row, (_, table, ctx_len) in enumerate(decodes):
+            blocks[row, : len(table)] = torch.tensor(table)
+            mask[row, ..., :ctx_len] = True
+        q_index = None if all_decode else torch.tensor([q for q, _, _ in decodes], device=self.device)
+        return _Decode(q_index, blocks.to(self.device), mask.to(self.device))
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         k_cache, v_cache = self.k[layer], self.v[layer]
@@ -98,9 +99,14 @@ class PagedKVCache:
             out[p.q_start : p.q_start + p.q_len] = o[0].transpose(0, 1)
         d = self._decode
         if d is not None:
-            qs = q[d.q_index][:, :, None]  # [B, heads, 1, dim]
-            keys = k_cache[d.slots].transpose(1, 2)  # [B, kv_heads, ctx, dim]
-            values = v_cache[d.slots].transpose(1, 2)
-            o = F.scaled_dot_product_attention(qs, keys, values, attn_mask=d.mask, enable_gqa=gqa)
-            out[d.q_index] = o[:, :, 0]
+            b, width = d.blocks.shape
+            qs = (q if d.q_index is None else q[d.q_index])[:, :, None]  # [B, heads, 1, dim]
+            paged_k = k_cache.view(self.num_blocks, self.block_size, *k_cache.shape[1:])
+            paged_v = v_cache.view(self.num_blocks, self.block_size, *v_cache.shape[1:])
+            keys = paged_k[d.blocks].view(b, width * self.block_size, *k_cache.shape[1:]).transpose(1, 2)
+            values = paged_v[d.blocks].view(b, width * self.block_size, *v_cache.shape[1:]).transpose(1, 2)
+            o = F.scaled_dot_product_attention(qs, keys, values, attn_mask=d.mask, enable_gqa=gqa)[:, :, 0]
+            if d.q_index is None:
+                return o
+            out[d.q_index] = o
         return out
