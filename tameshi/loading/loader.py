@@ -10,6 +10,7 @@ import torch
 
 from tameshi.chat import ChatTemplate, resolve_chat_template
 from tameshi.errors import CorruptCheckpointError, InvalidRequestError, TemplateError
+from tameshi.loading.awq import merge_side_config
 from tameshi.loading.build import build_model
 from tameshi.loading.hub import ModelSource, resolve
 from tameshi.loading.safetensors import checkpoint_files, iter_tensors
@@ -78,7 +79,7 @@ def load_model(
         tokenizer = Tokenizer(ck.tokenizer, ck.tokenizer_config, generation_config)
         template_origin = "GGUF metadata"
     else:
-        raw_config = _read_json(source.path / "config.json")
+        raw_config = merge_side_config(source.path, _read_json(source.path / "config.json"))
         ModelConfig.from_hf(raw_config)  # an unsupported model is reported before anything else
         generation_config = _read_json(source.path / "generation_config.json", missing_ok=True)
         tokenizer = Tokenizer.from_dir(source.path)

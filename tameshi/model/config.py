@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tameshi.errors import UnsupportedModelError
+from tameshi.loading.awq import AWQConfig
 
 # architectures name -> (model_type, q/k/v carry a bias by default, o_proj carries a bias by default)
 _ARCHITECTURES = {
@@ -47,6 +48,7 @@ class ModelConfig:
     mlp_bias: bool
     torch_dtype: str | None
     quantization: dict | None = None
+    awq: AWQConfig | None = None
 
     @property
     def context_length(self) -> int:
@@ -90,6 +92,7 @@ class ModelConfig:
                 mlp_bias=bool(d.get("mlp_bias", False)),
                 torch_dtype=d.get("torch_dtype") or d.get("dtype"),
                 quantization=d.get("quantization_config"),
+                awq=_awq_config(d.get("quantization_config")),
             )
         except KeyError as e:
             raise UnsupportedModelError(f"config.json lacks the required key {e.args[0]!r}") from None
@@ -108,6 +111,15 @@ class ModelConfig:
             )
         if self.head_dim % 2:
             raise UnsupportedModelError(f"head_dim {self.head_dim} is odd; RoPE needs an even head size")
+
+
+def _awq_config(q: dict | None) -> AWQConfig | None:
+    if not q:
+        return None
+    method = str(q.get("quant_method", "")).lower()
+    if method != "awq":
+        raise UnsupportedModelError(f"quantization method {method!r} is not supported; tameshi reads AWQ")
+    return AWQConfig.from_dict(q)
 
 
 def _context_length(d: dict) -> int:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tameshi.model.config import ModelConfig, RopeConfig
-from tameshi.model.linear import Linear
+from tameshi.model.linear import make_linear
 
 
 class AttentionBackend(Protocol):
@@ -118,13 +118,18 @@ class Attention(nn.Module):
         self.q_size = self.n_heads * self.head_dim
         self.kv_size = self.n_kv_heads * self.head_dim
         # q, k and v in one matmul: one kernel launch instead of three, same numbers.
-        self.qkv_proj = Linear(
+        prefix = f"model.layers.{layer}.self_attn."
+        self.qkv_proj = make_linear(
+            config.awq,
+            prefix + "q_proj",
             config.hidden_size,
             [self.q_size, self.kv_size, self.kv_size],
             bias=config.qkv_bias,
             shard_names=("q_proj", "k_proj", "v_proj"),
         )
-        self.o_proj = Linear(self.q_size, [config.hidden_size], bias=config.o_bias)
+        self.o_proj = make_linear(
+            config.awq, prefix + "o_proj", self.q_size, [config.hidden_size], config.o_bias
+        )
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backend: AttentionBackend
@@ -140,16 +145,21 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, layer: int) -> None:
         super().__init__()
         self.intermediate_size = config.intermediate_size
-        self.gate_up_proj = Linear(
+        prefix = f"model.layers.{layer}.mlp."
+        self.gate_up_proj = make_linear(
+            config.awq,
+            prefix + "gate_proj",
             config.hidden_size,
             [config.intermediate_size, config.intermediate_size],
             bias=config.mlp_bias,
             shard_names=("gate_proj", "up_proj"),
         )
-        self.down_proj = Linear(config.intermediate_size, [config.hidden_size], bias=config.mlp_bias)
+        self.down_proj = make_linear(
+            config.awq, prefix + "down_proj", config.intermediate_size, [config.hidden_size], config.mlp_bias
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)

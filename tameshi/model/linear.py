@@ -1,7 +1,8 @@
 """Linear layers. One interface for every weight format; kernels are picked here, not in the model.
 
-A `Linear` may fuse several checkpoint matrices along its output (q/k/v, gate/up): each is a shard
-with its own name in the checkpoint and its own row range in the fused weight.
+A layer may fuse several checkpoint matrices along its output (q/k/v, gate/up): each is a shard with
+its own name in the checkpoint and its own range of output features. Every layer answers the same
+calls: forward, load (one checkpoint tensor into its shard), tensor_kinds, quantize (CPU modes).
 """
 
 from __future__ import annotations
@@ -12,11 +13,48 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tameshi.errors import CorruptCheckpointError
+from tameshi.errors import CorruptCheckpointError, UnsupportedModelError
 from tameshi.kernels.cpu_weight_only import INT4_GROUP, Int4Weight, Int8Weight
+from tameshi.loading.awq import AWQConfig, dequantize_gemm
 
 
-class Linear(nn.Module):
+class _ShardedLinear(nn.Module):
+    def __init__(self, in_features: int, out_sizes: Sequence[int], shard_names: Sequence[str] | None) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = sum(out_sizes)
+        names = list(shard_names) if shard_names is not None else [None]
+        if len(names) != len(out_sizes):
+            raise ValueError("one shard name per output size")
+        offsets = [0]
+        for n in out_sizes:
+            offsets.append(offsets[-1] + n)
+        self.shards = {name: (offsets[i], offsets[i + 1]) for i, name in enumerate(names)}
+        self.packed: Int8Weight | Int4Weight | None = None  # run-time weight-only form (CPU)
+
+    def _copy(
+        self, param: torch.Tensor | None, part: slice, dim: int, tensor: torch.Tensor, name: str
+    ) -> None:
+        if param is None:
+            raise CorruptCheckpointError(f"checkpoint has {name}, but the config says this layer has none")
+        target = param.data.narrow(dim, part.start, part.stop - part.start)
+        if tensor.shape != target.shape:
+            raise CorruptCheckpointError(
+                f"tensor {name} has shape {list(tensor.shape)}, but the config implies {list(target.shape)}"
+            )
+        target.copy_(tensor)
+
+    def _apply_packed(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        y = self.packed(x)
+        return y if bias is None else y + bias
+
+    def quantize(self, method: str) -> None:
+        """Swap the loaded weight for its weight-only form: "int8", or "int4" (int8 where int4 cannot go)."""
+        self.packed = quantize_weight(self.dense_weight(), method)
+        self._drop_weight()
+
+
+class Linear(_ShardedLinear):
     def __init__(
         self,
         in_features: int,
@@ -24,47 +62,117 @@ class Linear(nn.Module):
         bias: bool = False,
         shard_names: Sequence[str] | None = None,
     ) -> None:
-        super().__init__()
-        self.in_features = in_features
-        self.out_sizes = list(out_sizes)
-        self.out_features = sum(out_sizes)
-        names = list(shard_names) if shard_names is not None else [None]
-        if len(names) != len(self.out_sizes):
-            raise ValueError("one shard name per output size")
-        offsets = [0]
-        for n in self.out_sizes:
-            offsets.append(offsets[-1] + n)
-        self.shards = {name: (offsets[i], offsets[i + 1]) for i, name in enumerate(names)}
+        super().__init__(in_features, out_sizes, shard_names)
         self.weight = nn.Parameter(torch.empty(self.out_features, in_features), requires_grad=False)
         self.bias = nn.Parameter(torch.empty(self.out_features), requires_grad=False) if bias else None
-        self.packed: Int8Weight | Int4Weight | None = None  # run-time weight-only form (CPU)
+
+    @property
+    def tensor_kinds(self) -> list[str]:
+        return ["weight"] + (["bias"] if self.bias is not None else [])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
-            y = self.packed(x)
-            return y if self.bias is None else y + self.bias
+            return self._apply_packed(x, self.bias)
         return F.linear(x, self.weight, self.bias)
-
-    def quantize(self, method: str) -> None:
-        """Replace the loaded weight by its weight-only form: "int8", or "int4" (int8 where int4 cannot go)."""
-        self.packed = quantize_weight(self.weight.data, method)
-        self.weight = None
 
     def load(self, shard: str | None, kind: str, tensor: torch.Tensor, name: str) -> None:
         """Copy checkpoint tensor `name` (a `weight` or `bias`) into its shard's rows."""
         lo, hi = self.shards[shard]
-        param = self.weight if kind == "weight" else self.bias
-        if param is None:
-            raise CorruptCheckpointError(f"checkpoint has {name}, but the config says this layer has no bias")
-        expected = (hi - lo, self.in_features) if kind == "weight" else (hi - lo,)
-        if tuple(tensor.shape) != expected:
+        if kind not in ("weight", "bias"):
             raise CorruptCheckpointError(
-                f"tensor {name} has shape {list(tensor.shape)}, but the config implies {list(expected)}"
+                f"checkpoint has {name}, but the config says this layer is not quantized"
             )
-        param.data[lo:hi].copy_(tensor)
+        self._copy(self.weight if kind == "weight" else self.bias, slice(lo, hi), 0, tensor, name)
+
+    def dense_weight(self) -> torch.Tensor:
+        return self.weight.data
+
+    def _drop_weight(self) -> None:
+        self.weight = None
+
+
+class AWQLinear(_ShardedLinear):
+    """AutoAWQ 4-bit weights, kept packed in the GEMM layout (fused shards side by side along N).
+
+    The CPU path dequantizes to the activation dtype and multiplies: the reference the CUDA kernels
+    are held to. `--quantize int4` repacks it once for torch's fast CPU kernel instead.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_sizes: Sequence[int],
+        awq: AWQConfig,
+        bias: bool = False,
+        shard_names: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__(in_features, out_sizes, shard_names)
+        self.group_size = in_features if awq.group_size == -1 else awq.group_size
+        if in_features % self.group_size or any(n % 8 for n in out_sizes):
+            raise UnsupportedModelError(
+                f"AWQ needs in_features divisible by the group size {self.group_size} and out_features by 8; "
+                f"got {in_features} -> {list(out_sizes)}"
+            )
+        k, n, groups = in_features, self.out_features, in_features // self.group_size
+        self.register_buffer("qweight", torch.empty(k, n // 8, dtype=torch.int32))
+        self.register_buffer("qzeros", torch.empty(groups, n // 8, dtype=torch.int32))
+        self.register_buffer("scales", torch.empty(groups, n, dtype=torch.float16))
+        self.bias = nn.Parameter(torch.empty(n), requires_grad=False) if bias else None
+
+    @property
+    def tensor_kinds(self) -> list[str]:
+        return ["qweight", "qzeros", "scales"] + (["bias"] if self.bias is not None else [])
+
+    def load(self, shard: str | None, kind: str, tensor: torch.Tensor, name: str) -> None:
+        lo, hi = self.shards[shard]
+        if kind == "weight":
+            raise CorruptCheckpointError(
+                f"checkpoint has a plain {name}, but its config says the layer is AWQ"
+            )
+        packed = slice(lo // 8, hi // 8)
+        targets = {
+            "qweight": (self.qweight, packed, 1),
+            "qzeros": (self.qzeros, packed, 1),
+            "scales": (self.scales, slice(lo, hi), 1),
+            "bias": (self.bias, slice(lo, hi), 0),
+        }
+        param, part, dim = targets[kind]
+        if kind in ("qweight", "qzeros") and tensor.dtype != torch.int32:
+            raise CorruptCheckpointError(f"tensor {name} is {tensor.dtype}, but AWQ packs int32")
+        self._copy(param, part, dim, tensor, name)
+
+    def dense_weight(self) -> torch.Tensor:
+        """[N, K] float32, like a plain Linear's weight."""
+        return dequantize_gemm(self.qweight, self.qzeros, self.scales, self.group_size).t()
+
+    def _drop_weight(self) -> None:
+        for name in ("qweight", "qzeros", "scales"):
+            setattr(self, name, None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None:
+            return self._apply_packed(x, self.bias)
+        w_t = dequantize_gemm(self.qweight, self.qzeros, self.scales, self.group_size).to(x.dtype)
+        y = x @ w_t
+        return y if self.bias is None else y + self.bias
+
+
+def make_linear(
+    awq: AWQConfig | None,
+    module: str,
+    in_features: int,
+    out_sizes: Sequence[int],
+    bias: bool = False,
+    shard_names: Sequence[str] | None = None,
+) -> Linear | AWQLinear:
+    """The layer for checkpoint module `module` (its first shard's name): AWQ unless the config skips it."""
+    if awq is not None and awq.converts(module):
+        return AWQLinear(in_features, out_sizes, awq, bias, shard_names)
+    return Linear(in_features, out_sizes, bias, shard_names)
 
 
 def quantize_weight(weight: torch.Tensor, method: str) -> Int8Weight | Int4Weight:
-    if method == "int4" and weight.shape[1] % INT4_GROUP == 0:
+    # torch's int4 packing wants whole groups along K and output rows in multiples of 16
+    if method == "int4" and weight.shape[1] % INT4_GROUP == 0 and weight.shape[0] % 16 == 0:
         return Int4Weight(weight)
     return Int8Weight(weight)

@@ -21,7 +21,7 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_attn = Attention(config, layer)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = MLP(config)
+        self.mlp = MLP(config, layer)
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backend: AttentionBackend
@@ -33,7 +33,7 @@ class DecoderLayer(nn.Module):
 # HF checkpoint name -> (module path in this model, fused shard or None, weight|bias)
 _LAYER_NAME = re.compile(
     r"model\.layers\.(\d+)\.(self_attn\.[qkvo]_proj|mlp\.(?:gate|up|down)_proj|"
-    r"input_layernorm|post_attention_layernorm)\.(weight|bias)"
+    r"input_layernorm|post_attention_layernorm)\.(weight|bias|qweight|qzeros|scales)"
 )
 _FUSED = {
     "self_attn.q_proj": ("self_attn.qkv_proj", "q_proj"),
@@ -122,24 +122,14 @@ class LlamaForCausalLM(nn.Module):
             raise CorruptCheckpointError(f"checkpoint has unexpected tensor {name}")
 
     def expected_tensors(self) -> list[str]:
-        c = self.config
         names = ["model.embed_tokens.weight", "model.norm.weight"]
         if self.lm_head is not None:
             names.append("lm_head.weight")
-        for i in range(c.n_layers):
+        for i, layer in enumerate(self.layers):
             p = f"model.layers.{i}."
             names += [p + "input_layernorm.weight", p + "post_attention_layernorm.weight"]
-            for proj in "qkv":
-                names.append(f"{p}self_attn.{proj}_proj.weight")
-                if c.qkv_bias:
-                    names.append(f"{p}self_attn.{proj}_proj.bias")
-            names.append(p + "self_attn.o_proj.weight")
-            if c.o_bias:
-                names.append(p + "self_attn.o_proj.bias")
-            for proj in ("gate", "up", "down"):
-                names.append(f"{p}mlp.{proj}_proj.weight")
-                if c.mlp_bias:
-                    names.append(f"{p}mlp.{proj}_proj.bias")
+            for part, (path, _) in _FUSED.items():
+                names += [f"{p}{part}.{kind}" for kind in layer.get_submodule(path).tensor_kinds]
         return names
 
 
