@@ -95,7 +95,7 @@ class AWQLinear(_ShardedLinear):
     """AutoAWQ 4-bit weights, kept packed in the GEMM layout (fused shards side by side along N).
 
     The CPU path dequantizes to the activation dtype and multiplies: the reference the CUDA kernels
-    are held to. `--quantize int4` repacks it once for torch's fast CPU kernel instead.
+    are held to. `--quantize int4` requantizes it once (32-wide groups) for torch's fast CPU kernel.
     """
 
     def __init__(
