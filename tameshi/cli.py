@@ -201,6 +201,25 @@ def info(
     Console().print(table)
 
 
+@app.command()
+def synth(
+    preset: Annotated[str, typer.Argument(help="deepseek-llm-7b, deepseek-llm-67b, or a config.json path.")],
+    out: Annotated[str, typer.Argument(help="Folder to write.")],
+    quant: Annotated[str, typer.Option(help="awq (AutoAWQ GEMM) or fp16.")] = "awq",
+    group_size: Annotated[int, typer.Option(help="AWQ group size.")] = 128,
+    shard_gib: Annotated[float, typer.Option(help="Shard size; host memory holds one shard.")] = 2.0,
+    seed: int = 0,
+    debug: DebugOpt = False,
+) -> None:
+    """Random weights in a real model's shapes and checkpoint format, for benchmarks without downloads."""
+    from pathlib import Path
+
+    from tameshi.quantize.synth import synth as write
+
+    folder = write(preset, Path(out), quant=quant, group_size=group_size, shard_gib=shard_gib, seed=seed)
+    err.print(f"wrote {folder}")
+
+
 def main(argv: list[str] | None = None) -> int:
     import click
 

@@ -1,0 +1,130 @@
+"""Random weights in a real model's shapes and real checkpoint format, for benchmarks without downloads.
+
+Written shard by shard (each shard's tensors, then the next), so host memory holds one shard, not the
+model. The result is an ordinary HF folder (fp16) or AutoAWQ GEMM folder (awq) that any loader reads.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from tameshi.errors import InvalidRequestError
+from tameshi.loading.awq import pack_gemm
+from tameshi.model.config import ModelConfig
+
+# The real configs (shared/reference/formats.md §1.1).
+_DEEPSEEK = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+    "vocab_size": 102400, "max_position_embeddings": 4096, "rope_theta": 10000.0, "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False, "bos_token_id": 100000, "eos_token_id": 100001, "torch_dtype": "bfloat16",
+}  # fmt: skip
+PRESETS = {
+    "deepseek-llm-7b": _DEEPSEEK | {
+        "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 30,
+        "num_attention_heads": 32, "num_key_value_heads": 32,
+    },
+    "deepseek-llm-67b": _DEEPSEEK | {
+        "hidden_size": 8192, "intermediate_size": 22016, "num_hidden_layers": 95,
+        "num_attention_heads": 64, "num_key_value_heads": 8,
+    },
+}  # fmt: skip
+# A small byte-level BPE with DeepSeek-LLM's special tokens and chat template: random weights need no
+# real vocabulary, only a tokenizer the loader accepts.
+_TOKENIZER = Path(__file__).resolve().parent / "synth_tokenizer"
+
+
+def load_preset(preset: str) -> dict:
+    if preset in PRESETS:
+        return dict(PRESETS[preset])
+    path = Path(preset)
+    if not path.is_file():
+        raise InvalidRequestError(
+            f"unknown preset {preset!r}: give one of {', '.join(PRESETS)} or a config.json"
+        )
+    return json.loads(path.read_text())
+
+
+def _tensors(
+    c: ModelConfig, quant: str, group: int, gen: torch.Generator
+) -> Iterator[tuple[str, torch.Tensor]]:
+    h, kv = c.hidden_size, c.n_kv_heads * c.head_dim
+    yield "model.embed_tokens.weight", (torch.randn(c.vocab_size, h, generator=gen) * 0.02).half()
+    for i in range(c.n_layers):
+        p = f"model.layers.{i}."
+        yield p + "input_layernorm.weight", torch.ones(h, dtype=torch.float16)
+        yield p + "post_attention_layernorm.weight", torch.ones(h, dtype=torch.float16)
+        shapes = {
+            "self_attn.q_proj": (c.n_heads * c.head_dim, h), "self_attn.k_proj": (kv, h),
+            "self_attn.v_proj": (kv, h), "self_attn.o_proj": (h, c.n_heads * c.head_dim),
+            "mlp.gate_proj": (c.intermediate_size, h), "mlp.up_proj": (c.intermediate_size, h),
+            "mlp.down_proj": (h, c.intermediate_size),
+        }  # fmt: skip
+        for name, (n, k) in shapes.items():
+            if quant == "fp16":
+                yield f"{p}{name}.weight", (torch.randn(n, k, generator=gen) / k**0.5).half()
+                continue
+            # random 4-bit codes and zero points; scales sized so outputs keep unit variance
+            yield f"{p}{name}.qweight", pack_gemm(torch.randint(0, 16, (k, n), generator=gen))
+            yield f"{p}{name}.qzeros", pack_gemm(torch.randint(7, 9, (k // group, n), generator=gen))
+            yield f"{p}{name}.scales", torch.full((k // group, n), 0.2 / k**0.5, dtype=torch.float16)
+    yield "model.norm.weight", torch.ones(h, dtype=torch.float16)
+    yield "lm_head.weight", (torch.randn(c.vocab_size, h, generator=gen) / h**0.5).half()
+
+
+def synth(
+    preset: str, out: Path, quant: str = "awq", group_size: int = 128, shard_gib: float = 2.0, seed: int = 0
+) -> Path:
+    if quant not in ("awq", "fp16"):
+        raise InvalidRequestError(f"--quant must be awq or fp16, not {quant!r}")
+    config = load_preset(preset)
+    config["torch_dtype"] = "float16"
+    if quant == "awq":
+        config["quantization_config"] = {
+            "quant_method": "awq", "bits": 4, "group_size": group_size, "zero_point": True, "version": "gemm",
+        }  # fmt: skip
+    c = ModelConfig.from_hf(config)  # validates the shapes, and an AWQ config, before writing anything
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    shard: dict[str, torch.Tensor] = {}
+    weight_map: dict[str, str] = {}
+    size, limit, index = 0, shard_gib * 2**30, 0
+
+    def flush() -> None:
+        nonlocal shard, size, index
+        index += 1
+        name = f"model-{index:05d}.safetensors"
+        save_file(shard, out / name, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, name))
+        shard, size = {}, 0
+
+    for name, tensor in _tensors(c, quant, group_size, gen):
+        shard[name] = tensor
+        size += tensor.numel() * tensor.element_size()
+        if size >= limit:
+            flush()
+    if shard:
+        flush()
+    total = index
+    final_map = {}
+    for i in range(1, total + 1):  # HF names shards "-of-N" once N is known
+        old, new = out / f"model-{i:05d}.safetensors", f"model-{i:05d}-of-{total:05d}.safetensors"
+        old.rename(out / new)
+        final_map.update({k: new for k, v in weight_map.items() if v == old.name})
+    (out / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": final_map}, indent=1)
+    )
+    (out / "config.json").write_text(json.dumps(config, indent=1))
+    if quant == "awq":
+        (out / "quant_config.json").write_text(
+            json.dumps({"zero_point": True, "q_group_size": group_size, "w_bit": 4, "version": "GEMM"})
+        )
+    for f in _TOKENIZER.iterdir():
+        shutil.copy(f, out / f.name)
+    return out
