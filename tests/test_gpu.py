@@ -93,3 +93,21 @@ def test_batched_engine_on_cuda_equals_solo(tiny):
     assert list(got.values()) == solo
     assert tight.stats().preemptions > 0 and tight.stats().kv_blocks_used == 0
     assert engine().stats().kv_blocks_total > 1000  # sized from free GPU memory
+
+
+def test_awq_checkpoint_on_cuda_equals_cpu(tmp_path):
+    from tameshi.quantize.synth import synth
+
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "hidden_size": 256, "intermediate_size": 512,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512,
+    }))  # fmt: skip
+    out = synth(str(cfg), tmp_path / "awq", quant="awq", group_size=64)
+    params = SamplingParams(max_new_tokens=12, min_new_tokens=12, do_sample=False)
+    cpu = LLM(str(out), device="cpu", progress=False).ask("Hello", params)
+    gpu = LLM(str(out), device="cuda", dtype="float32", progress=False)
+    assert type(gpu.loaded.model.layers[0].mlp.down_proj).__name__ == "AWQLinear"
+    assert gpu.ask("Hello", params).token_ids == cpu.token_ids
+    half = LLM(str(out), device="cuda", progress=False)  # the default dtype on CUDA
+    assert half.ask("Hello", params).completion_tokens == 12
