@@ -157,3 +157,29 @@ def test_awq_errors(awq_dir, tmp_path):
     save_file(tensors, bad / "model.safetensors")
     with pytest.raises(CorruptCheckpointError, match=r"down_proj\.scales"):
         _load(bad)
+
+
+FIXTURE = Path(__file__).parent / "fixtures" / "awq-tiny"  # made by real AutoAWQ 0.2.9: see its README
+
+
+def test_autoawq_fixture_logits_and_dequant():
+    """A checkpoint quantized and saved by AutoAWQ itself, with AutoAWQ's own outputs beside it."""
+    from safetensors import safe_open
+
+    model = _load(FIXTURE)
+    with safe_open(str(FIXTURE / "reference" / "expected.safetensors"), "pt") as f:
+        expected = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
+    # the q_proj shard of the fused qkv, dequantized our way, against AutoAWQ's dequantize_gemm (fp16)
+    qkv = model.layers[0].self_attn.qkv_proj
+    ours = qkv.dense_weight()[:128].t()  # [K, N] like AutoAWQ
+    torch.testing.assert_close(ours, expected["dequant_q_proj"], atol=2e-4, rtol=1e-3)
+    for i in range(3):
+        ids = expected[f"input_ids_{i}"][0]
+        got = _logits(model, ids)
+        # transformers in float32 on AutoAWQ-dequantized weights. AutoAWQ dequantizes in fp16, we in fp32
+        # (dequantizing in fp16 our way gives exactly 0 difference); logits span about +-45.
+        torch.testing.assert_close(got, expected[f"logits_dequant_f32_{i}"][0], atol=0.05, rtol=0)
+        # AutoAWQ's own fp16 forward: within fp16 noise, and the same argmax everywhere
+        autoawq = expected[f"logits_{i}"][0]
+        assert (got - autoawq).abs().max() < 0.1
+        assert torch.equal(got.argmax(-1), autoawq.argmax(-1))
