@@ -202,6 +202,26 @@ def info(
 
 
 @app.command()
+def quantize(
+    model: Annotated[
+        str | None, typer.Argument(help="Model to quantize (default: the embedded one).")
+    ] = None,
+    out: Annotated[str, typer.Option("--out", "-o", help="Folder to write.")] = "quantized",
+    method: Annotated[str, typer.Option(help="rtn (awq: scale search, not built yet).")] = "rtn",
+    group_size: Annotated[int, typer.Option(help="AWQ group size: 128, 64 or 32.")] = 128,
+    shard_gib: Annotated[float, typer.Option(help="Shard size; host memory holds one shard.")] = 2.0,
+    debug: DebugOpt = False,
+) -> None:
+    """Write an AutoAWQ GEMM 4-bit checkpoint (loads in tameshi, AutoAWQ and vLLM)."""
+    from pathlib import Path
+
+    from tameshi.quantize.quantize import quantize_model
+
+    folder = quantize_model(model, Path(out), method=method, group_size=group_size, shard_gib=shard_gib)
+    err.print(f"wrote {folder}")
+
+
+@app.command()
 def synth(
     preset: Annotated[str, typer.Argument(help="deepseek-llm-7b, deepseek-llm-67b, or a config.json path.")],
     out: Annotated[str, typer.Argument(help="Folder to write.")],

@@ -12,11 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from tameshi.errors import InvalidRequestError
 from tameshi.loading.awq import pack_gemm
 from tameshi.model.config import ModelConfig
+from tameshi.quantize.writer import awq_config_files, write_shards
 
 # The real configs (shared/reference/formats.md §1.1).
 _DEEPSEEK = {
@@ -82,49 +82,16 @@ def synth(
 ) -> Path:
     if quant not in ("awq", "fp16"):
         raise InvalidRequestError(f"--quant must be awq or fp16, not {quant!r}")
-    config = load_preset(preset)
-    config["torch_dtype"] = "float16"
-    if quant == "awq":
-        config["quantization_config"] = {
-            "quant_method": "awq", "bits": 4, "group_size": group_size, "zero_point": True, "version": "gemm",
-        }  # fmt: skip
-    c = ModelConfig.from_hf(config)  # validates the shapes, and an AWQ config, before writing anything
+    config = load_preset(preset) | {"torch_dtype": "float16"}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    gen = torch.Generator().manual_seed(seed)
-    shard: dict[str, torch.Tensor] = {}
-    weight_map: dict[str, str] = {}
-    size, limit, index = 0, shard_gib * 2**30, 0
-
-    def flush() -> None:
-        nonlocal shard, size, index
-        index += 1
-        name = f"model-{index:05d}.safetensors"
-        save_file(shard, out / name, metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(shard, name))
-        shard, size = {}, 0
-
-    for name, tensor in _tensors(c, quant, group_size, gen):
-        shard[name] = tensor
-        size += tensor.numel() * tensor.element_size()
-        if size >= limit:
-            flush()
-    if shard:
-        flush()
-    total = index
-    final_map = {}
-    for i in range(1, total + 1):  # HF names shards "-of-N" once N is known
-        old, new = out / f"model-{i:05d}.safetensors", f"model-{i:05d}-of-{total:05d}.safetensors"
-        old.rename(out / new)
-        final_map.update({k: new for k, v in weight_map.items() if v == old.name})
-    (out / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {}, "weight_map": final_map}, indent=1)
-    )
-    (out / "config.json").write_text(json.dumps(config, indent=1))
     if quant == "awq":
-        (out / "quant_config.json").write_text(
-            json.dumps({"zero_point": True, "q_group_size": group_size, "w_bit": 4, "version": "GEMM"})
-        )
+        config = awq_config_files(out, config, group_size)
+    else:
+        (out / "config.json").write_text(json.dumps(config, indent=1))
+    c = ModelConfig.from_hf(config)  # validates the shapes, and an AWQ config, before writing weights
+    gen = torch.Generator().manual_seed(seed)
+    write_shards(_tensors(c, quant, group_size, gen), out, shard_gib)
     for f in _TOKENIZER.iterdir():
         shutil.copy(f, out / f.name)
     return out
