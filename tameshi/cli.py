@@ -207,7 +207,9 @@ def quantize(
         str | None, typer.Argument(help="Model to quantize (default: the embedded one).")
     ] = None,
     out: Annotated[str, typer.Option("--out", "-o", help="Folder to write.")] = "quantized",
-    method: Annotated[str, typer.Option(help="rtn (awq: scale search, not built yet).")] = "rtn",
+    method: Annotated[
+        str, typer.Option(help="awq (scale + clip search on calibration text) or rtn.")
+    ] = "awq",
     group_size: Annotated[int, typer.Option(help="AWQ group size: 128, 64 or 32.")] = 128,
     shard_gib: Annotated[float, typer.Option(help="Shard size; host memory holds one shard.")] = 2.0,
     debug: DebugOpt = False,
