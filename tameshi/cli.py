@@ -212,6 +212,7 @@ def quantize(
     ] = "awq",
     group_size: Annotated[int, typer.Option(help="AWQ group size: 128, 64 or 32.")] = 128,
     shard_gib: Annotated[float, typer.Option(help="Shard size; host memory holds one shard.")] = 2.0,
+    search_tokens: Annotated[int, typer.Option(help="Calibration tokens per AWQ search loss.")] = 512,
     debug: DebugOpt = False,
 ) -> None:
     """Write an AutoAWQ GEMM 4-bit checkpoint (loads in tameshi, AutoAWQ and vLLM)."""
@@ -219,7 +220,14 @@ def quantize(
 
     from tameshi.quantize.quantize import quantize_model
 
-    folder = quantize_model(model, Path(out), method=method, group_size=group_size, shard_gib=shard_gib)
+    folder = quantize_model(
+        model,
+        Path(out),
+        method=method,
+        group_size=group_size,
+        shard_gib=shard_gib,
+        search_tokens=search_tokens,
+    )
     err.print(f"wrote {folder}")
 
 

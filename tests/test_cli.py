@@ -65,3 +65,11 @@ def test_every_sampling_field_has_a_flag():
         params = {p.name for p in commands[name].params}
         missing = [f.name for f in dataclasses.fields(SamplingParams) if f.repr and f.name not in params]
         assert not missing, (name, missing)
+
+
+def test_quantize_command_writes_an_awq_checkpoint(tmp_path, capsys):
+    out = tmp_path / "rtn"
+    assert main(["quantize", "-o", str(out), "--method", "rtn", "--group-size", "64"]) == 0
+    assert (out / "quant_config.json").is_file() and "wrote" in capsys.readouterr().err
+    assert main(["quantize", "-o", str(tmp_path / "bad"), "--group-size", "128"]) == 1
+    assert "group size 128" in capsys.readouterr().err
