@@ -57,16 +57,15 @@ class PagedKVCache:
         self._prefills, decodes = [], []
         q_start = 0
         for table, start, n in spans:
-            ctx = self.slots_for(table, 0, start + n)
-            new_slots += ctx[start:]
-            if n == 1:
+            new_slots += self.slots_for(table, start, start + n)
+            if n == 1:  # decodes need only their block table, not a slot per context position
                 decodes.append((q_start, table[: -(-(start + 1) // self.block_size)], start + 1))
             else:
                 mask = None
                 if start > 0:  # queries see the cached context, then the new tokens causally
                     q_pos = torch.arange(start, start + n, device=self.device)
                     mask = torch.arange(start + n, device=self.device)[None, :] <= q_pos[:, None]
-                slots = torch.tensor(ctx, device=self.device)
+                slots = torch.tensor(self.slots_for(table, 0, start + n), device=self.device)
                 self._prefills.append(_Prefill(q_start, n, slots, mask))
             q_start += n
         self._slot_mapping = torch.tensor(new_slots, device=self.device)
