@@ -111,3 +111,35 @@ def test_awq_checkpoint_on_cuda_equals_cpu(tmp_path):
     assert gpu.ask("Hello", params).token_ids == cpu.token_ids
     half = LLM(str(out), device="cuda", progress=False)  # the default dtype on CUDA
     assert half.ask("Hello", params).completion_tokens == 12
+
+
+SHAPES_67B = [(8192, 10240), (8192, 8192), (8192, 44032), (22016, 8192)]  # qkv, o, gate_up, down
+
+
+@pytest.mark.parametrize(("k", "n"), SHAPES_67B)
+def test_awq_kernels_at_67b_shapes_equal_reference(k, n):
+    """What AWQLinear runs on CUDA (fused kernel for few rows, dequantize + cuBLAS for many) equals
+    the fp32 PyTorch reference on real 67B layer shapes, group 128."""
+    from tameshi.kernels.awq_triton import awq_dequantize, awq_matmul, kpack
+    from tameshi.loading.awq import dequantize_gemm
+
+    group = 128
+    gen = torch.Generator(device="cuda").manual_seed(k + n)
+    qweight = torch.randint(-(2**31), 2**31 - 1, (k, n // 8), dtype=torch.int32, device="cuda", generator=gen)
+    qzeros = torch.randint(
+        -(2**31), 2**31 - 1, (k // group, n // 8), dtype=torch.int32, device="cuda", generator=gen
+    )
+    scales = (torch.rand(k // group, n, device="cuda", generator=gen) * 0.01 + 0.001).half()
+    w = dequantize_gemm(qweight, qzeros, scales, group)  # fp32 [k, n]
+    packed = kpack(qweight, qzeros, scales, group)
+    del qweight, qzeros
+    assert torch.equal(awq_dequantize(packed, torch.float16), w.half())
+    for m in (1, 4, 16, 64, 512):
+        x = torch.randn(m, k, device="cuda", generator=gen).half()
+        ref = x.float() @ w
+        got = awq_matmul(x, packed).float()
+        tol = 2e-3 * ref.abs().max().item()  # fp16 output rounding; summation order differs
+        torch.testing.assert_close(got, ref, rtol=2e-3, atol=tol)
+        del x, ref, got
+    del w
+    torch.cuda.empty_cache()

@@ -15,6 +15,7 @@ from tameshi.loading.build import build_model
 from tameshi.loading.hub import ModelSource, resolve
 from tameshi.loading.safetensors import checkpoint_files, iter_tensors
 from tameshi.model.config import ModelConfig
+from tameshi.model.linear import AWQLinear
 from tameshi.model.llama import LlamaForCausalLM
 from tameshi.tokenizer import Tokenizer
 
@@ -92,6 +93,10 @@ def load_model(
         if dev.type != "cpu":
             raise InvalidRequestError(f"run-time {quantize} is a CPU mode; on a GPU use an AWQ checkpoint")
         model.quantize(quantize)
+    if dev.type == "cuda" and dt != torch.float32:  # fp32 runs the PyTorch reference, no Triton
+        for module in model.modules():
+            if isinstance(module, AWQLinear):
+                module.repack_for_kernels()
     try:
         template = resolve_chat_template(tokenizer, origin=template_origin)
     except TemplateError:

@@ -91,6 +91,10 @@ class Linear(_ShardedLinear):
         self.weight = None
 
 
+# Up to this many rows AWQLinear runs the fused Triton kernel; above, dequantize + cuBLAS.
+FUSED_MAX_ROWS = 16
+
+
 class AWQLinear(_ShardedLinear):
     """AutoAWQ 4-bit weights, kept packed in the GEMM layout (fused shards side by side along N).
 
@@ -118,6 +122,7 @@ class AWQLinear(_ShardedLinear):
         self.register_buffer("qzeros", torch.empty(groups, n // 8, dtype=torch.int32))
         self.register_buffer("scales", torch.empty(groups, n, dtype=torch.float16))
         self.bias = nn.Parameter(torch.empty(n), requires_grad=False) if bias else None
+        self.kernel_weight = None  # the Triton kernels' layout (KPacked), once repacked on CUDA
 
     @property
     def tensor_kinds(self) -> list[str]:
@@ -143,6 +148,10 @@ class AWQLinear(_ShardedLinear):
 
     def dense_weight(self) -> torch.Tensor:
         """[N, K] float32, like a plain Linear's weight."""
+        if self.kernel_weight is not None:
+            from tameshi.kernels.awq_triton import kdequantize_reference
+
+            return kdequantize_reference(self.kernel_weight).t()
         return dequantize_gemm(self.qweight, self.qzeros, self.scales, self.group_size).t()
 
     def _drop_weight(self) -> None:
@@ -152,9 +161,32 @@ class AWQLinear(_ShardedLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
             return self._apply_packed(x, self.bias)
-        w_t = dequantize_gemm(self.qweight, self.qzeros, self.scales, self.group_size).to(x.dtype)
+        if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
+            return self._forward_triton(x)
+        w_t = self.dense_weight().t().to(x.dtype)
         y = x @ w_t
         return y if self.bias is None else y + self.bias
+
+    def repack_for_kernels(self) -> None:
+        """Swap the checkpoint layout for the Triton kernels' (on the layer's CUDA device), in place."""
+        from tameshi.kernels import awq_triton  # Triton is only needed, and only imported, on CUDA
+
+        if self.kernel_weight is None:
+            self.kernel_weight = awq_triton.kpack(self.qweight, self.qzeros, self.scales, self.group_size)
+            self._drop_weight()
+
+    def _forward_triton(self, x: torch.Tensor) -> torch.Tensor:
+        from tameshi.kernels import awq_triton
+
+        self.repack_for_kernels()
+        x2 = x.reshape(-1, self.in_features)
+        if x2.shape[0] <= FUSED_MAX_ROWS:
+            y = awq_triton.awq_matmul(x2, self.kernel_weight)
+        else:  # prefill: a dense matrix on cuBLAS beats the fused kernel there (benchmarks/awq_kernels.py)
+            y = x2 @ awq_triton.awq_dequantize(self.kernel_weight, x.dtype)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], self.out_features)
 
 
 def make_linear(

@@ -1,0 +1,211 @@
+"""AWQ 4-bit matmul kernels at DeepSeek-LLM-67B's layer shapes, side by side, on one GPU.
+
+    python benchmarks/awq_kernels.py [--sweep] [--out benchmarks/results/awq-kernels-h100.md]
+
+For each shape and row count M it times (CUDA events, L2 flushed before every call, median):
+  tameshi fused     tameshi.kernels.awq_triton.awq_matmul (dequantization fused, split K for decode)
+  tameshi deq+mm    awq_dequantize to fp16, then cuBLAS
+  tameshi auto      what AWQLinear runs for that M
+  torch int4pack    torch's tinygemm (`_weight_int4pack_mm`, bf16, same group size)
+  AutoAWQ triton    what AutoAWQ's WQLinear_GEMM runs: its Triton GEMM (split_k 8), or its
+                    dequantize + matmul once M·K >= 1024. Loaded from the AutoAWQ wheel's file
+                    (awq/modules/triton/gemm.py), so its package's import-time checks don't apply.
+Effective bandwidth counts the bytes each kernel must read for the weight (packed codes, scales,
+zeros); it is compared with a device-to-device copy measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import itertools
+import sys
+from pathlib import Path
+
+import torch
+import triton
+import triton.testing
+
+from tameshi.kernels.awq_triton import MatmulConfig, awq_dequantize, awq_matmul
+from tameshi.loading.awq import AWQConfig
+from tameshi.model.linear import AWQLinear
+
+SHAPES = {  # name: (K, N) of DeepSeek-LLM-67B's linears
+    "qkv 8192→10240": (8192, 10240),
+    "o 8192→8192": (8192, 8192),
+    "gate_up 8192→44032": (8192, 44032),
+    "down 22016→8192": (22016, 8192),
+}
+ROWS = (1, 4, 16, 64, 512)
+GROUP = 128
+
+
+def bench_ms(fn, rep: int = 200) -> float:
+    # do_bench zeroes a 256 MB buffer before each call, so weights never sit in the 50 MB L2.
+    return triton.testing.do_bench(fn, warmup=20, rep=rep, return_mode="median")
+
+
+def copy_bandwidth() -> float:
+    src = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    ms = bench_ms(lambda: dst.copy_(src))
+    return 2 * src.numel() / ms / 1e6  # GB/s: read + write
+
+
+def random_awq(k: int, n: int):
+    qweight = torch.randint(-(2**31), 2**31 - 1, (k, n // 8), dtype=torch.int32, device="cuda")
+    qzeros = torch.randint(-(2**31), 2**31 - 1, (k // GROUP, n // 8), dtype=torch.int32, device="cuda")
+    scales = (torch.rand(k // GROUP, n, device="cuda") * 0.01 + 0.001).half()
+    return qweight, qzeros, scales
+
+
+def load_autoawq():
+    spec = importlib.util.find_spec("awq")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / "modules" / "triton" / "gemm.py"
+    mod_spec = importlib.util.spec_from_file_location("autoawq_triton_gemm", path)
+    mod = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(mod)
+    return mod
+
+
+def tinygemm(k: int, n: int):
+    """torch's int4 tinygemm on random codes of the same shape and group size; None if unsupported."""
+    try:
+        codes = torch.randint(0, 16, (n, k), dtype=torch.int32, device="cuda")
+        packed = (codes[:, ::2] << 4 | codes[:, 1::2]).to(torch.uint8)
+        w = torch.ops.aten._convert_weight_to_int4pack(packed, 8)
+        sz = torch.rand(k // GROUP, n, 2, device="cuda").to(torch.bfloat16)
+        return lambda x: torch.ops.aten._weight_int4pack_mm(x, w, GROUP, sz)
+    except (RuntimeError, AttributeError) as e:
+        print(f"torch int4pack unavailable: {e}", file=sys.stderr)
+        return None
+
+
+def sweep_configs(m: int):
+    if m == 1:
+        grid = itertools.product(
+            (1,), (64, 128, 256), (128,), (8, 16, 32, 64), (2, 4, 8), (3,), (False, True)
+        )
+    elif m <= 16:
+        grid = itertools.product((16,), (64, 128), (128,), (8, 16, 32, 64), (4, 8), (3,), (False, True))
+    else:
+        grid = itertools.product((64, 128), (64, 128), (64, 128), (1,), (4, 8), (3, 4), (False,))
+    return [MatmulConfig(*c) for c in grid]
+
+
+def sweep(x, packed) -> tuple[MatmulConfig | None, float]:
+    best: tuple[MatmulConfig | None, float] = (None, float("inf"))
+    for cfg in sweep_configs(x.shape[0]):
+        if x.shape[1] % (cfg.block_k * cfg.split_k):
+            continue
+        try:
+            ms = bench_ms(lambda cfg=cfg: awq_matmul(x, packed, cfg), rep=50)
+        except Exception:  # a tile that does not fit shared memory or registers
+            continue
+        if ms < best[1]:
+            best = (cfg, ms)
+    return best
+
+
+def make_layer(k: int, n: int, qweight, qzeros, scales) -> AWQLinear:
+    """The layer the model runs, around these tensors (repacked for the kernels, as at load)."""
+    with torch.device("meta"):
+        layer = AWQLinear(k, [n], AWQConfig.from_dict({"group_size": GROUP}))
+    layer.qweight, layer.qzeros, layer.scales = qweight, qzeros, scales
+    layer.repack_for_kernels()
+    return layer
+
+
+def bench_shape(name: str, k: int, n: int, copy_gbs: float, autoawq) -> list[str]:
+    qweight, qzeros, scales = random_awq(k, n)
+    layer = make_layer(k, n, qweight, qzeros, scales)
+    packed = layer.kernel_weight
+    # the bytes our kernels read for the weight: codes, fp16 zeros and fp16 scales
+    weight_bytes = sum(t.numel() * t.element_size() for t in (packed.qweight, packed.zeros, packed.scales))
+    tiny = tinygemm(k, n)
+    rows = []
+    for m in ROWS:
+        x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+        xb = x.bfloat16()
+        t = {
+            "auto": bench_ms(lambda: layer(x)),  # noqa: B023
+            "fused": bench_ms(lambda: awq_matmul(x, packed)),  # noqa: B023
+            "deq": bench_ms(lambda: x @ awq_dequantize(packed, x.dtype)),  # noqa: B023
+            "tiny": bench_ms(lambda: tiny(xb)) if tiny else float("nan"),  # noqa: B023
+            "awq": float("nan"),
+        }
+        if autoawq is not None:
+            if m * k >= 1024:  # WQLinear_GEMM's own switch
+                t["awq"] = bench_ms(lambda: x @ autoawq.awq_dequantize_triton(qweight, scales, qzeros))  # noqa: B023
+            else:
+                t["awq"] = bench_ms(lambda: autoawq.awq_gemm_triton(x, qweight, scales, qzeros, 8))  # noqa: B023
+        gbs = weight_bytes / t["auto"] / 1e6
+        us = {key: f"{v * 1000:.1f}" for key, v in t.items()}
+        rows.append(
+            f"| {name} | {m} | {us['auto']} | {us['fused']} | {us['deq']} | {us['tiny']} | {us['awq']} "
+            f"| {gbs:.0f} | {100 * gbs / copy_gbs:.0f}% | {t['awq'] / t['auto']:.1f}× |"
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+def sweep_shape(name: str, k: int, n: int) -> list[str]:
+    qweight, qzeros, scales = random_awq(k, n)
+    packed = make_layer(k, n, qweight, qzeros, scales).kernel_weight
+    weight_bytes = sum(t.numel() * t.element_size() for t in (packed.qweight, packed.zeros, packed.scales))
+    rows = []
+    for m in (1, 16):
+        x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+        cfg, ms = sweep(x, packed)
+        default_ms = bench_ms(lambda: awq_matmul(x, packed))  # noqa: B023
+        deq_ms = bench_ms(lambda: x @ awq_dequantize(packed, x.dtype))  # noqa: B023
+        rows.append(
+            f"| {name} | {m} | {cfg} | {ms * 1000:.1f} | {weight_bytes / ms / 1e6:.0f} "
+            f"| {default_ms * 1000:.1f} | {deq_ms * 1000:.1f} |"
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sweep", action="store_true", help="search tile configs instead (qkv and down shapes)")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+
+    copy_gbs = copy_bandwidth()
+    autoawq = load_autoawq()
+    lines = [
+        f"# AWQ 4-bit matmul, DeepSeek-LLM-67B shapes, group {GROUP}, fp16 activations",
+        "",
+        f"Device: {torch.cuda.get_device_name()}; torch {torch.__version__}, triton {triton.__version__}. "
+        f"Measured copy bandwidth: **{copy_gbs:.0f} GB/s** (read + write of 1 GiB).",
+        "Time in µs (median, L2 flushed); effective weight bandwidth in GB/s and % of the copy bandwidth.",
+        "",
+        "| shape | M | tameshi auto | tameshi fused | tameshi deq+mm | torch int4pack | AutoAWQ triton "
+        "| auto GB/s | auto % copy | auto vs AutoAWQ |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    if args.sweep:
+        lines = [
+            "| shape | M | best config | µs | GB/s | default µs | deq+mm µs |",
+            "|---|---:|---|---:|---:|---:|---:|",
+        ]
+        for name in ("qkv 8192→10240", "down 22016→8192"):
+            lines += sweep_shape(name, *SHAPES[name])
+            torch.cuda.empty_cache()
+    else:
+        for name, (k, n) in SHAPES.items():
+            lines += bench_shape(name, k, n, copy_gbs, autoawq)
+            torch.cuda.empty_cache()
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,234 @@
+"""AWQ 4-bit matmuls in Triton, on a layout repacked once at load.
+
+Kernel layout (`KPacked`): codes packed along K, `qweight [K/8, N]` int32 with the code of row
+8r + j in bits 4j of word (r, n); `zeros` and `scales [K/group, N]` fp16. A program reading a
+[BLOCK_K, BLOCK_N] tile then loads whole rows of N (coalesced), each word once per 8 rows of K
+(the repeats are served by L1), and unpacks with one shift per row: no reshapes or shuffles, which
+made a kernel on AutoAWQ's own interleaved [K, N/8] layout run at 12% of the memory bandwidth.
+
+`awq_matmul` multiplies with the dequantization fused in. It works on the raw codes and applies
+zero and scale once per group and column:
+
+    x · ((q - z) s)  =  s · (x · q  -  z · Σx)        (over one group of K)
+
+Decode (M = 1) multiplies on CUDA cores; a few rows and more use a tensor-core dot. Few rows
+split K across programs so that enough of them stream weights at once.
+
+`awq_dequantize` writes W^T in the activation dtype, for prefill where cuBLAS on the dense matrix
+can beat a fused kernel. All are held to `tameshi.loading.awq.dequantize_gemm` (the PyTorch
+reference) by tests/test_awq_triton.py, under TRITON_INTERPRET=1 on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from tameshi.loading.awq import unpack_gemm
+
+
+@dataclass
+class KPacked:
+    qweight: torch.Tensor  # [K/8, N] int32, codes packed along K
+    zeros: torch.Tensor  # [K/group, N] fp16 (whole numbers 0..15)
+    scales: torch.Tensor  # [K/group, N] fp16
+    group: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.qweight.shape[0] * 8, self.qweight.shape[1]
+
+
+def kpack(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group: int) -> KPacked:
+    """AutoAWQ GEMM tensors ([K, N/8] interleaved nibbles) -> the kernel layout, on their device."""
+    codes = unpack_gemm(qweight).to(torch.int32)  # [K, N] in natural order
+    k, n = codes.shape
+    words = torch.zeros(k // 8, n, dtype=torch.int32, device=codes.device)
+    for j in range(8):
+        words |= codes[j::8] << (4 * j)  # int32 wraps for j = 7, as the kernel's shift expects
+    zeros = unpack_gemm(qzeros).to(torch.float16)
+    return KPacked(words, zeros, scales.to(torch.float16).contiguous(), group)
+
+
+def kunpack(packed: KPacked) -> torch.Tensor:
+    """The codes [K, N] back from the kernel layout (for the reference and the tests)."""
+    shifts = torch.arange(8, device=packed.qweight.device, dtype=torch.int32) * 4
+    codes = (packed.qweight[:, None, :] >> shifts[None, :, None]) & 0xF  # [K/8, 8, N]
+    return codes.reshape(-1, packed.qweight.shape[1])
+
+
+def kdequantize_reference(packed: KPacked) -> torch.Tensor:
+    """W^T [K, N] float32: (q - z) * s. Equals dequantize_gemm on the tensors it was packed from."""
+    g = packed.group
+    q = kunpack(packed).float()
+    return (q - packed.zeros.float().repeat_interleave(g, 0)) * packed.scales.float().repeat_interleave(g, 0)
+
+
+@triton.jit
+def _partial_product(x, codes, USE_DOT: tl.constexpr, DOT_FP32: tl.constexpr):
+    """x [BLOCK_M, R] times codes [R, BLOCK_N] (ints 0..15), in fp32."""
+    if USE_DOT:
+        # Via fp32: the interpreter converts int -> bf16 wrongly. 0..15 is exact in fp16 and bf16.
+        codes_x = codes.to(tl.float32).to(x.dtype)
+        if DOT_FP32:  # the interpreter also multiplies bf16 wrongly; fp32 is exact for these operands
+            out = tl.dot(x.to(tl.float32), codes_x.to(tl.float32), input_precision="ieee")
+        else:
+            out = tl.dot(x, codes_x)  # fp32 accumulate
+    else:  # BLOCK_M == 1: a dot product per column on CUDA cores
+        out = tl.sum(tl.trans(x.to(tl.float32)) * codes.to(tl.float32), axis=0)[None, :]
+    return out
+
+
+@triton.jit
+def _awq_matmul_kernel(
+    x_ptr, w_ptr, z_ptr, s_ptr, y_ptr, M, N, stride_xm, stride_ym,
+    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr, BLOCKS_PER_SPLIT: tl.constexpr, USE_DOT: tl.constexpr, DOT_FP32: tl.constexpr,
+    BY_WORD: tl.constexpr,
+):  # fmt: skip
+    # BLOCKS_PER_SPLIT is a compile-time constant: a loop over a run-time bound trips Triton's
+    # interpreter under numpy >= 2.4, and a known trip count pipelines as well.
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    shifts = (offs_k % 8) * 4
+    w_ptrs = w_ptr + (offs_k // 8)[:, None] * N + offs_n[None, :]
+    x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :]
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for i in range(BLOCKS_PER_SPLIT):
+        k0 = (pid_k * BLOCKS_PER_SPLIT + i) * BLOCK_K
+        if BY_WORD:
+            # Each word loaded once; row j of every 8 is one shift of the whole [BLOCK_K/8, BLOCK_N] tile.
+            offs_r = tl.arange(0, BLOCK_K // 8)
+            words = tl.load(
+                w_ptr + (k0 // 8 + offs_r)[:, None] * N + offs_n[None, :], mask=mask_n[None, :], other=0
+            )
+            xq = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            x_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
+            for j in tl.static_range(8):
+                codes = (words >> (4 * j)) & 0xF
+                x_cols = x_ptr + offs_m[:, None] * stride_xm + (k0 + offs_r * 8 + j)[None, :]
+                x = tl.load(x_cols, mask=mask_m[:, None], other=0.0)
+                xq += _partial_product(x, codes, USE_DOT, DOT_FP32)
+                x_sum += tl.sum(x.to(tl.float32), axis=1)
+        else:
+            # Each word loaded for all 8 of its rows (repeats hit L1), one shift per row.
+            packed = tl.load(w_ptrs + (k0 // 8) * N, mask=mask_n[None, :], other=0)
+            codes = (packed >> shifts[:, None]) & 0xF  # [BLOCK_K, BLOCK_N], 0..15
+            x = tl.load(x_ptrs + k0, mask=mask_m[:, None], other=0.0)
+            xq = _partial_product(x, codes, USE_DOT, DOT_FP32)
+            x_sum = tl.sum(x.to(tl.float32), axis=1)
+        g = k0 // GROUP
+        z = tl.load(z_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        s = tl.load(s_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        acc += s[None, :] * (xq - x_sum[:, None] * z[None, :])
+
+    y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
+    mask = mask_m[:, None] & mask_n[None, :]
+    if SPLIT_K == 1:
+        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.atomic_add(y_ptrs, acc, mask=mask)
+
+
+@triton.jit
+def _awq_dequantize_kernel(
+    w_ptr, z_ptr, s_ptr, out_ptr, N, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr
+):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n[None, :] < N
+    packed = tl.load(w_ptr + (offs_k // 8)[:, None] * N + offs_n[None, :], mask=mask_n, other=0)
+    codes = ((packed >> ((offs_k % 8) * 4)[:, None]) & 0xF).to(tl.float32)
+    g = (offs_k // GROUP)[:, None] * N + offs_n[None, :]
+    z = tl.load(z_ptr + g, mask=mask_n, other=0.0).to(tl.float32)
+    s = tl.load(s_ptr + g, mask=mask_n, other=0.0).to(tl.float32)
+    out = (codes - z) * s
+    tl.store(out_ptr + offs_k[:, None] * N + offs_n[None, :], out.to(out_ptr.dtype.element_ty), mask=mask_n)
+
+
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@dataclass(frozen=True)
+class MatmulConfig:
+    block_m: int  # 1 selects the CUDA-core kernel (one program row per activation row)
+    block_n: int
+    block_k: int
+    split_k: int
+    num_warps: int = 4
+    num_stages: int = 3
+    by_word: bool = False  # load each packed word once and unroll its 8 rows (else: repeat loads, L1)
+
+
+def default_config(m: int, n: int, k: int, group: int) -> MatmulConfig:
+    """Tiles by row count, from the sweep in benchmarks/awq_kernels.py on an H100 (67B shapes).
+
+    Decode streams every weight once, so the speed is memory parallelism: K is split so that each
+    program handles only a few blocks and thousands of programs have loads in flight at once; the
+    partial sums meet in fp32 atomics. One row: CUDA cores, wide tiles, each word loaded once, two
+    warps. A few rows: the tensor-core dot, one block of K per program.
+    """
+    block_k = next(b for b in (128, 64, 32, 16) if group % b == 0)
+    n_blocks = k // block_k
+    if m == 1:
+        return MatmulConfig(1, 256, block_k, _split(n_blocks, per_program=4), num_warps=2, by_word=True)
+    return MatmulConfig(16, 128, block_k, _split(n_blocks, per_program=1), num_warps=8)
+
+
+def _split(n_blocks: int, per_program: int) -> int:
+    """The split of n_blocks K blocks whose blocks per program is nearest `per_program` (it must divide)."""
+    divisors = [d for d in range(1, n_blocks + 1) if n_blocks % d == 0]
+    return min(divisors, key=lambda d: (abs(n_blocks // d - per_program), d))
+
+
+def awq_matmul(x: torch.Tensor, packed: KPacked, config: MatmulConfig | None = None) -> torch.Tensor:
+    """y = x @ dequantize(W^T) for x [M, K] in fp16/bf16; y [M, N] in x's dtype."""
+    m, k = x.shape
+    kw, n = packed.shape
+    if kw != k:
+        raise ValueError(f"weight is [{kw}, {n}] (K, N) but x is [{m}, {k}]")
+    cfg = config or default_config(m, n, k, packed.group)
+    # by_word with the tensor-core dot needs 16 words along K (the dot's minimum K) per block
+    min_k = 128 if cfg.by_word and cfg.block_m > 1 else 8
+    if packed.group % cfg.block_k or k % (cfg.block_k * cfg.split_k) or cfg.block_k % min_k:
+        raise ValueError(f"block_k {cfg.block_k} must divide the group {packed.group}; block_k·split_k K {k}")
+    x = x.contiguous()
+    if cfg.split_k == 1:
+        y = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    else:
+        y = torch.zeros(m, n, dtype=torch.float32, device=x.device)
+    grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, cfg.block_m), cfg.split_k)
+    _awq_matmul_kernel[grid](
+        x, packed.qweight, packed.zeros, packed.scales, y, m, n, x.stride(0), y.stride(0),
+        GROUP=packed.group, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        SPLIT_K=cfg.split_k, BLOCKS_PER_SPLIT=k // cfg.block_k // cfg.split_k, USE_DOT=cfg.block_m > 1,
+        DOT_FP32=x.dtype == torch.bfloat16 and _interpreted(), BY_WORD=cfg.by_word,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )  # fmt: skip
+    return y if cfg.split_k == 1 else y.to(x.dtype)
+
+
+def awq_dequantize(packed: KPacked, dtype: torch.dtype) -> torch.Tensor:
+    """W^T [K, N] in `dtype`: (q - z) * s computed in fp32, rounded once."""
+    k, n = packed.shape
+    block_k = min(packed.group, 32)
+    out = torch.empty(k, n, dtype=dtype, device=packed.qweight.device)
+    grid = (triton.cdiv(n, 128), k // block_k)
+    _awq_dequantize_kernel[grid](
+        packed.qweight, packed.zeros, packed.scales, out, n, GROUP=packed.group, BLOCK_N=128, BLOCK_K=block_k
+    )
+    return out

@@ -1,0 +1,92 @@
+"""The Triton AWQ kernels equal the PyTorch reference (`dequantize_gemm`).
+
+On CPU they run under TRITON_INTERPRET=1 (set by conftest.py before Triton is imported) at small
+shapes; on a GPU the same tests compile them. The 67B shapes run in tests/test_gpu.py.
+"""
+
+import pytest
+import torch
+
+from tameshi.loading.awq import dequantize_gemm, pack_gemm
+
+triton = pytest.importorskip("triton")
+from tameshi.kernels.awq_triton import (  # noqa: E402
+    MatmulConfig,
+    awq_dequantize,
+    awq_matmul,
+    default_config,
+    kdequantize_reference,
+    kpack,
+)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def random_awq(k: int, n: int, group: int, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randint(0, 16, (k, n), generator=gen)
+    z = torch.randint(0, 16, (k // group, n), generator=gen)
+    s = (torch.rand(k // group, n, generator=gen) * 0.02 + 0.001).half()
+    return pack_gemm(q), pack_gemm(z), s
+
+
+def packed_and_reference(k: int, n: int, group: int, seed: int):
+    """The kernel layout on DEVICE, and the checkpoint tensors' reference W^T [K, N] (fp32, CPU)."""
+    qweight, qzeros, scales = random_awq(k, n, group, seed)
+    packed = kpack(qweight.to(DEVICE), qzeros.to(DEVICE), scales.to(DEVICE), group)
+    return packed, dequantize_gemm(qweight, qzeros, scales, group)
+
+
+def test_kernel_layout_round_trips_the_checkpoint():
+    qweight, qzeros, scales = random_awq(256, 48, 64, seed=7)
+    assert torch.equal(
+        kdequantize_reference(kpack(qweight, qzeros, scales, 64)),
+        dequantize_gemm(qweight, qzeros, scales, 64),
+    )
+
+
+CASES = [  # m, k, n, group, config (None = the default for the shape)
+    (1, 256, 64, 128, None),
+    (1, 256, 96, 64, MatmulConfig(1, 64, 32, 4)),  # CUDA-core path; N not a multiple of the tile
+    (3, 128, 128, 32, MatmulConfig(16, 64, 32, 2)),
+    (16, 256, 96, 64, MatmulConfig(16, 64, 64, 4)),  # tensor-core path; split K
+    (20, 128, 64, 128, MatmulConfig(32, 32, 64, 1)),  # block_k inside one group
+    (5, 384, 64, 384, None),  # group -1 (whole K) arrives as group = K
+    (3, 128, 64, 32, MatmulConfig(1, 32, 32, 1)),  # CUDA-core path, one program row per x row
+    (1, 256, 64, 64, MatmulConfig(1, 64, 64, 2, by_word=True)),  # each word loaded once
+    (16, 256, 64, 128, MatmulConfig(16, 64, 128, 2, by_word=True)),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(("m", "k", "n", "group", "config"), CASES)
+def test_matmul_equals_reference(m, k, n, group, config, dtype):
+    packed, w = packed_and_reference(k, n, group, seed=m + k + n)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(m)).to(dtype).to(DEVICE)
+    y = awq_matmul(x, packed, config)
+    assert y.dtype == dtype and y.shape == (m, n)
+    ref = x.cpu().float() @ w
+    # Only the output rounding and fp32 summation order differ from the reference.
+    eps = 2**-8 if dtype == torch.bfloat16 else 2**-11
+    torch.testing.assert_close(y.cpu().float(), ref, rtol=eps, atol=eps * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("group", [32, 128])
+def test_dequantize_equals_reference(group):
+    packed, ref = packed_and_reference(256, 192, group, seed=group)
+    w = awq_dequantize(packed, torch.float16)
+    assert torch.equal(w.cpu(), ref.half())  # one rounding of the same fp32 value
+
+
+def test_default_config_splits_k_evenly():
+    decode = default_config(1, 8192, 8192, 128)
+    assert decode.block_m == 1 and decode.split_k == 16  # 64 blocks of K, 4 per program
+    down = default_config(1, 8192, 22016, 128)  # 172 blocks: the split must divide them
+    assert 172 % down.split_k == 0 and 172 // down.split_k == 4
+    assert default_config(16, 8192, 8192, 128).split_k == 64
+
+
+def test_shape_mismatch_is_refused():
+    packed, _ = packed_and_reference(128, 64, 32, seed=0)
+    with pytest.raises(ValueError, match="weight is"):
+        awq_matmul(torch.zeros(1, 256, dtype=torch.float16, device=DEVICE), packed)
