@@ -111,24 +111,23 @@ def tinygemm(k: int, n: int):
 
 def sweep_configs(m: int):
     if m == 1:
-        grid = itertools.product(
-            (1,), (64, 128, 256), (128,), (8, 16, 32, 64), (2, 4, 8), (3,), (False, True)
-        )
+        grid = itertools.product((1,), (128, 256), (128,), (8, 16, 32), (2, 4), (3,), (True,))
     elif m <= 16:
         grid = itertools.product((16,), (64, 128), (128,), (8, 16, 32, 64), (4, 8), (3,), (False, True))
     else:
-        grid = itertools.product((64, 128), (64, 128), (64, 128), (1,), (4, 8), (3, 4), (False,))
+        grid = itertools.product((32, 64), (64, 128), (128,), (1, 2, 4), (4, 8), (3, 4), (False,))
     return [MatmulConfig(*c) for c in grid]
 
 
-def sweep(x, packed) -> tuple[MatmulConfig | None, float]:
+def sweep(x, packs) -> tuple[MatmulConfig | None, float]:
     best: tuple[MatmulConfig | None, float] = (None, float("inf"))
     for cfg in sweep_configs(x.shape[0]):
         if x.shape[1] % (cfg.block_k * cfg.split_k):
             continue
         try:
-            ms = bench_ms(lambda cfg=cfg: awq_matmul(x, packed, cfg), rep=50)
+            ms = graph_ms([lambda p=p, cfg=cfg: awq_matmul(x, p, cfg) for p in packs], replays=5)
         except Exception:  # a tile that does not fit shared memory or registers
+            torch.cuda.synchronize()
             continue
         if ms < best[1]:
             best = (cfg, ms)
@@ -181,16 +180,18 @@ def bench_shape(name: str, k: int, n: int, copy_gbs: float, autoawq) -> list[str
     return rows
 
 
-def sweep_shape(name: str, k: int, n: int) -> list[str]:
-    qweight, qzeros, scales = random_awq(k, n)
-    packed = make_layer(k, n, qweight, qzeros, scales).kernel_weight
+def sweep_shape(name: str, k: int, n: int, rows_to_sweep: list[int]) -> list[str]:
+    packs = []
+    for _ in range(max(2, -(-120 * 2**20 // (k * n // 2)))):  # > 2x L2 in all, as in bench_shape
+        packs.append(make_layer(k, n, *random_awq(k, n)).kernel_weight)
+    packed = packs[0]
     weight_bytes = sum(t.numel() * t.element_size() for t in (packed.qweight, packed.zeros, packed.scales))
     rows = []
-    for m in (1, 16):
+    for m in rows_to_sweep:
         x = torch.randn(m, k, device="cuda", dtype=torch.float16)
-        cfg, ms = sweep(x, packed)
-        default_ms = bench_ms(lambda: awq_matmul(x, packed))  # noqa: B023
-        deq_ms = bench_ms(lambda: x @ awq_dequantize(packed, x.dtype))  # noqa: B023
+        cfg, ms = sweep(x, packs)
+        default_ms = graph_ms([lambda p=p: awq_matmul(x, p) for p in packs])  # noqa: B023
+        deq_ms = graph_ms([lambda p=p: x @ awq_dequantize(p, x.dtype) for p in packs])  # noqa: B023
         rows.append(
             f"| {name} | {m} | {cfg} | {ms * 1000:.1f} | {weight_bytes / ms / 1e6:.0f} "
             f"| {default_ms * 1000:.1f} | {deq_ms * 1000:.1f} |"
@@ -202,6 +203,7 @@ def sweep_shape(name: str, k: int, n: int) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sweep", action="store_true", help="search tile configs instead (qkv and down shapes)")
+    ap.add_argument("--sweep-rows", type=lambda t: [int(v) for v in t.split(",")], default=[1, 16, 64])
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
@@ -226,7 +228,7 @@ def main() -> None:
             "|---|---:|---|---:|---:|---:|---:|",
         ]
         for name in ("qkv 8192→10240", "down 22016→8192"):
-            lines += sweep_shape(name, *SHAPES[name])
+            lines += sweep_shape(name, *SHAPES[name], args.sweep_rows)
             torch.cuda.empty_cache()
     else:
         for name, (k, n) in SHAPES.items():

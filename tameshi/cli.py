@@ -239,6 +239,9 @@ def synth(
     group_size: Annotated[int, typer.Option(help="AWQ group size.")] = 128,
     shard_gib: Annotated[float, typer.Option(help="Shard size; host memory holds one shard.")] = 2.0,
     seed: int = 0,
+    device: Annotated[
+        str, typer.Option(help="Where the random numbers are drawn (cuda: far faster).")
+    ] = "cpu",
     debug: DebugOpt = False,
 ) -> None:
     """Random weights in a real model's shapes and checkpoint format, for benchmarks without downloads."""
@@ -246,8 +249,99 @@ def synth(
 
     from tameshi.quantize.synth import synth as write
 
-    folder = write(preset, Path(out), quant=quant, group_size=group_size, shard_gib=shard_gib, seed=seed)
+    folder = write(
+        preset, Path(out), quant=quant, group_size=group_size, shard_gib=shard_gib, seed=seed, device=device
+    )
     err.print(f"wrote {folder}")
+
+
+@app.command()
+def bench(
+    model: ModelOpt = None,
+    synth_preset: Annotated[
+        str | None,
+        typer.Option("--synth", help="Benchmark random weights in a preset's shapes (deepseek-llm-67b …)."),
+    ] = None,
+    synth_quant: Annotated[str, typer.Option(help="With --synth: awq or fp16.")] = "awq",
+    synth_dir: Annotated[
+        str | None, typer.Option(help="With --synth: where the checkpoint is written (reused if there).")
+    ] = None,
+    prompt_len: Annotated[int, typer.Option(help="Prompt tokens for decode runs.")] = 128,
+    gen_len: Annotated[int, typer.Option(help="Tokens generated per request.")] = 128,
+    ttft_prompt_len: Annotated[int, typer.Option(help="Prompt tokens for the TTFT run.")] = 1024,
+    concurrency: Annotated[int, typer.Option(help="Concurrent requests for the aggregate run.")] = 8,
+    concurrent_prompt_len: Annotated[
+        int | None, typer.Option(help="Prompt tokens per concurrent request (default: --prompt-len).")
+    ] = None,
+    concurrent_gen_len: Annotated[
+        int | None, typer.Option(help="Tokens per concurrent request (default: --gen-len).")
+    ] = None,
+    solo_checks: Annotated[
+        int, typer.Option(help="Requests of the concurrent batch rerun alone; greedy outputs must match.")
+    ] = 2,
+    json_out: Annotated[str | None, typer.Option("--json", help="Also write the results here.")] = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    quantize: QuantOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """TTFT, batch-1 and concurrent decode speed, and weight bandwidth against this machine's own."""
+    import json
+    import subprocess
+    import time
+    from pathlib import Path
+
+    from rich.table import Table
+
+    from tameshi.api import LLM
+    from tameshi.bench import run_bench
+    from tameshi.engine.engine import EngineConfig
+    from tameshi.loading.default import cache_dir
+
+    if synth_preset is not None:
+        if model is not None:
+            raise typer.BadParameter("give --model or --synth, not both")
+        folder = Path(synth_dir or cache_dir() / "synth" / f"{Path(synth_preset).stem}-{synth_quant}")
+        if not (folder / "config.json").exists():
+            err.print(f"writing synthetic {synth_preset} ({synth_quant}) to {folder}")
+            # In a child process: its host memory does not count against the load measured here.
+            cmd = [
+                sys.executable,
+                "-m",
+                "tameshi",
+                "synth",
+                synth_preset,
+                str(folder),
+                "--quant",
+                synth_quant,
+            ]
+            subprocess.run(cmd, check=True)
+        model = str(folder)
+    start = time.perf_counter()
+    config = EngineConfig(max_num_seqs=max(concurrency, 1))
+    llm = LLM(model, device=device, dtype=dtype, quantize=quantize, engine_config=config)
+    load_s = time.perf_counter() - start
+    result = run_bench(
+        llm, synth_preset or llm.loaded.source.path.name, prompt_len=prompt_len, gen_len=gen_len,
+        ttft_prompt_len=ttft_prompt_len, concurrency=concurrency, solo_checks=solo_checks,
+        concurrent_prompt_len=concurrent_prompt_len, concurrent_gen_len=concurrent_gen_len,
+        load_s=load_s, say=lambda text: err.print(f"[dim]{text}…[/]"),
+    )  # fmt: skip
+    table = Table(show_header=False)
+    for key, value in result.rows():
+        table.add_row(key, value)
+    Console().print(table)
+    if json_out:
+        data = dataclasses.asdict(result) | {
+            "weight_gbps": result.weight_gbps, "bandwidth_share": result.bandwidth_share
+        }  # fmt: skip
+        Path(json_out).write_text(json.dumps(data, indent=1))
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,6 +55,7 @@ CASES = [  # m, k, n, group, config (None = the default for the shape)
     (3, 128, 64, 32, MatmulConfig(1, 32, 32, 1)),  # CUDA-core path, one program row per x row
     (1, 256, 64, 64, MatmulConfig(1, 64, 64, 2, by_word=True)),  # each word loaded once
     (16, 256, 64, 128, MatmulConfig(16, 64, 128, 2, by_word=True)),
+    (40, 256, 128, 128, None),  # batched decode: one 64-row tile, rows masked; K split in two
 ]
 
 
@@ -80,10 +81,13 @@ def test_dequantize_equals_reference(group):
 
 def test_default_config_splits_k_evenly():
     decode = default_config(1, 8192, 8192, 128)
-    assert decode.block_m == 1 and decode.split_k == 16  # 64 blocks of K, 4 per program
+    assert decode.block_m == 1 and decode.split_k == 32  # 64 blocks of K, 2 per program
     down = default_config(1, 8192, 22016, 128)  # 172 blocks: the split must divide them
-    assert 172 % down.split_k == 0 and 172 // down.split_k == 4
+    assert 172 % down.split_k == 0 and 172 // down.split_k == 2
     assert default_config(16, 8192, 8192, 128).split_k == 64
+    batched = default_config(64, 8192, 22016, 128)  # batched decode: 64-row tiles, K split in two
+    assert (batched.block_m, batched.split_k) == (64, 2)
+    assert default_config(40, 44032, 8192, 128).split_k == 1  # enough column tiles alone
 
 
 def test_shape_mismatch_is_refused():

@@ -37,6 +37,7 @@ class EngineConfig:
     cpu_kv_cache_gib: float = 1.0
     gpu_memory_utilization: float = 0.9  # of the GPU's memory, model included, the engine may use
     enable_prefix_caching: bool = True
+    cuda_graphs: bool = True  # decode steps replayed as CUDA graphs (fp16/bf16 on CUDA)
 
 
 @dataclass(frozen=True)
@@ -74,13 +75,25 @@ class Engine:
         self.scheduler = Scheduler(
             SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens), self.blocks
         )
-        self.runner = ModelRunner(model, self.cache)
+        self.runner = ModelRunner(model, self.cache, self._decode_graphs())
         self._ids = itertools.count()
         gib = num_blocks * config.block_size * kv_bytes_per_token(model.config, self.dtype) / 2**30
         log.info(
             "KV cache: %d blocks x %d tokens = %d tokens (%.2f GiB) on %s",
             num_blocks, config.block_size, num_blocks * config.block_size, gib, self.device,
         )  # fmt: skip
+
+    def _decode_graphs(self):
+        # fp32 stays on the eager PyTorch path (the exact reference); dynamic RoPE reads positions on
+        # the host, which a graph cannot.
+        c = self.config
+        if not c.cuda_graphs or self.device.type != "cuda" or self.dtype == torch.float32:
+            return None
+        if self.model.config.rope.type == "dynamic":
+            return None
+        from tameshi.engine.cuda_graphs import DecodeGraphs
+
+        return DecodeGraphs(self.model, self.cache, c.max_num_seqs, self.max_model_len)
 
     def _pool_blocks(self, context: int) -> int:
         c = self.config

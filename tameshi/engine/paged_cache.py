@@ -37,11 +37,14 @@ class _Decode:
 
 class PagedKVCache:
     def __init__(self, config: ModelConfig, num_blocks: int, block_size: int, device, dtype) -> None:
-        shape = (config.n_layers, num_blocks * block_size, config.n_kv_heads, config.head_dim)
+        # One block more than the block manager hands out: a scratch block where padding rows of a
+        # CUDA-graph batch write their K/V.
+        shape = (config.n_layers, (num_blocks + 1) * block_size, config.n_kv_heads, config.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.block_size = block_size
         self.num_blocks = num_blocks
+        self.scratch_slot = num_blocks * block_size
         self.device = device
         self._slot_mapping: torch.Tensor | None = None
         self._prefills: list[_Prefill] = []
@@ -100,8 +103,8 @@ class PagedKVCache:
         if d is not None:
             b, width = d.blocks.shape
             qs = (q if d.q_index is None else q[d.q_index])[:, :, None]  # [B, heads, 1, dim]
-            paged_k = k_cache.view(self.num_blocks, self.block_size, *k_cache.shape[1:])
-            paged_v = v_cache.view(self.num_blocks, self.block_size, *v_cache.shape[1:])
+            paged_k = k_cache.view(-1, self.block_size, *k_cache.shape[1:])
+            paged_v = v_cache.view(-1, self.block_size, *v_cache.shape[1:])
             keys = paged_k[d.blocks].view(b, width * self.block_size, *k_cache.shape[1:]).transpose(1, 2)
             values = paged_v[d.blocks].view(b, width * self.block_size, *v_cache.shape[1:]).transpose(1, 2)
             o = F.scaled_dot_product_attention(qs, keys, values, attn_mask=d.mask, enable_gqa=gqa)[:, :, 0]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from tameshi.engine.paged_cache import PagedKVCache
@@ -10,11 +12,17 @@ from tameshi.engine.scheduler import ScheduledBatch
 from tameshi.engine.sequence import Sequence
 from tameshi.model.llama import LlamaForCausalLM
 
+if TYPE_CHECKING:  # Triton is imported only where graphs are made (CUDA)
+    from tameshi.engine.cuda_graphs import DecodeGraphs
+
 
 class ModelRunner:
-    def __init__(self, model: LlamaForCausalLM, cache: PagedKVCache) -> None:
+    def __init__(
+        self, model: LlamaForCausalLM, cache: PagedKVCache, graphs: DecodeGraphs | None = None
+    ) -> None:
         self.model = model
         self.cache = cache
+        self.graphs = graphs  # CUDA graphs for all-decode batches (None: every step runs eagerly)
         self.sampler = Sampler()
         self.device = next(model.parameters()).device
 
@@ -32,14 +40,17 @@ class ModelRunner:
             spans.append((seq.block_table, start, n))
             if start + n == len(seq):
                 sampling.append((seq, len(ids) - 1))
-        self.cache.prepare(spans)
-        hidden = self.model(
-            torch.tensor(ids, device=self.device), torch.tensor(positions, device=self.device), self.cache
-        )
-        if not sampling:
-            return []
-        rows = torch.tensor([row for _, row in sampling], device=self.device)
-        logits = self.model.compute_logits(hidden[rows])
+        if self.graphs is not None and len(ids) == len(batch.seqs) and self.graphs.fits(len(ids)):
+            logits = self._decode_graph(batch.seqs, ids, positions)
+        else:
+            self.cache.prepare(spans)
+            hidden = self.model(
+                torch.tensor(ids, device=self.device), torch.tensor(positions, device=self.device), self.cache
+            )
+            if not sampling:
+                return []
+            rows = torch.tensor([row for _, row in sampling], device=self.device)
+            logits = self.model.compute_logits(hidden[rows])
         seqs = [seq for seq, _ in sampling]
         tokens = self.sampler(
             logits,
@@ -50,3 +61,10 @@ class ModelRunner:
             eos_ids=[tuple(s.stop_ids) for s in seqs],
         )
         return list(zip(seqs, tokens.tolist(), strict=True))
+
+    def _decode_graph(self, seqs: list[Sequence], ids: list[int], positions: list[int]) -> torch.Tensor:
+        """Every sequence decodes one token (so each is sampled, in batch order)."""
+        bs = self.cache.block_size
+        slots = [s.block_table[p // bs] * bs + p % bs for s, p in zip(seqs, positions, strict=True)]
+        tables = [s.block_table[: p // bs + 1] for s, p in zip(seqs, positions, strict=True)]
+        return self.graphs.run(ids, positions, slots, tables)

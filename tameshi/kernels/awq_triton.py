@@ -185,8 +185,13 @@ def default_config(m: int, n: int, k: int, group: int) -> MatmulConfig:
     block_k = next(b for b in (128, 64, 32, 16) if group % b == 0)
     n_blocks = k // block_k
     if m == 1:
-        return MatmulConfig(1, 256, block_k, _split(n_blocks, per_program=4), num_warps=2, by_word=True)
-    return MatmulConfig(16, 128, block_k, _split(n_blocks, per_program=1), num_warps=8)
+        return MatmulConfig(1, 256, block_k, _split(n_blocks, per_program=2), num_warps=2, by_word=True)
+    if m <= 16:
+        return MatmulConfig(16, 128, block_k, _split(n_blocks, per_program=1), num_warps=8)
+    # Up to 64 rows (batched decode): one 64-row tile, K split in two only where N alone gives too
+    # few programs to fill the GPU (o and down at 67B: 128 column tiles).
+    split = 2 if n // 64 < 150 and n_blocks % 2 == 0 else 1
+    return MatmulConfig(64, 64, block_k, split, num_warps=4)
 
 
 def _split(n_blocks: int, per_program: int) -> int:

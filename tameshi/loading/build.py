@@ -30,12 +30,21 @@ def _with_progress(tensors: Iterable, total: int, show: bool) -> Iterator:
     if not show:
         yield from tensors
         return
+    import time
+
     from rich.console import Console
-    from rich.progress import Progress
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     # stderr: stdout carries the model's answer
-    with Progress(console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("loading weights", total=total)
-        for item in tensors:
-            yield item
-            bar.advance(task)
+    columns = (
+        TextColumn("loading weights"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[gb]:.1f} GB · {task.fields[rate]:.2f} GB/s"), TimeElapsedColumn(),
+    )  # fmt: skip
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("load", total=total, gb=0.0, rate=0.0)
+        start, done = time.perf_counter(), 0
+        for name, tensor in tensors:
+            yield name, tensor
+            done += tensor.numel() * tensor.element_size()
+            elapsed = max(time.perf_counter() - start, 1e-9)
+            bar.update(task, advance=1, gb=done / 1e9, rate=done / 1e9 / elapsed)

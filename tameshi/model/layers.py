@@ -24,11 +24,31 @@ class AttentionBackend(Protocol):
         ...
 
 
+def _fused_kernels(x: torch.Tensor):
+    """tameshi.kernels.fused where x runs on CUDA in half precision; None elsewhere (the PyTorch code
+    here is then the path, and the reference the kernels are tested against). Imported lazily: Triton
+    is needed on CUDA only."""
+    if not x.is_cuda or x.dtype not in (torch.float16, torch.bfloat16):
+        return None
+    from tameshi.kernels import fused
+
+    return fused
+
+
 class RMSNorm(nn.Module):
     def __init__(self, size: int, eps: float) -> None:
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(size))
+
+    def add_norm(self, x: torch.Tensor, delta: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The residual add and this norm: (x + delta, norm(x + delta)); one kernel on CUDA."""
+        fused = _fused_kernels(x)
+        if fused is not None and x.dim() == 2:
+            return fused.add_rms_norm(x, delta, self.weight, self.eps)
+        if delta is not None:
+            x = x + delta
+        return x, self(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32:
@@ -137,7 +157,9 @@ class Attention(nn.Module):
         qkv = self.qkv_proj(x)
         t = x.shape[0]
         # q and k heads side by side: one rotation for both
-        qk = apply_rope(qkv[:, : self.q_size + self.kv_size].view(t, -1, self.head_dim), cos, sin)
+        qk = qkv[:, : self.q_size + self.kv_size].view(t, -1, self.head_dim)
+        fused = _fused_kernels(qk)
+        qk = fused.rope_(qk, cos, sin) if fused is not None else apply_rope(qk, cos, sin)
         q, k = qk.split([self.n_heads, self.n_kv_heads], dim=1)
         v = qkv[:, self.q_size + self.kv_size :].view(t, self.n_kv_heads, self.head_dim)
         out = backend.attend(self.layer, q, k, v)
@@ -162,5 +184,9 @@ class MLP(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
+        gate_up = self.gate_up_proj(x)
+        fused = _fused_kernels(gate_up)
+        if fused is not None and gate_up.dim() == 2:
+            return self.down_proj(fused.silu_mul(gate_up))
+        gate, up = gate_up.split(self.intermediate_size, dim=-1)
         return self.down_proj(F.silu(gate) * up)

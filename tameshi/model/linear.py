@@ -92,7 +92,7 @@ class Linear(_ShardedLinear):
 
 
 # Up to this many rows AWQLinear runs the fused Triton kernel; above, dequantize + cuBLAS.
-FUSED_MAX_ROWS = 16
+FUSED_MAX_ROWS = 64
 
 
 class AWQLinear(_ShardedLinear):

@@ -26,8 +26,22 @@ class DecoderLayer(nn.Module):
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backend: AttentionBackend
     ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, backend)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        x, delta = self.step(x, None, cos, sin, backend)
+        return x + delta
+
+    def step(
+        self,
+        x: torch.Tensor,
+        delta: torch.Tensor | None,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        backend: AttentionBackend,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The residual stream entering is x + delta; returns (x', delta') for the next layer, so
+        that each residual add is fused with the norm that follows it."""
+        x, h = self.input_layernorm.add_norm(x, delta)
+        x, h = self.post_attention_layernorm.add_norm(x, self.self_attn(h, cos, sin, backend))
+        return x, self.mlp(h)
 
 
 # HF checkpoint name -> (module path in this model, fused shard or None, weight|bias)
@@ -66,9 +80,10 @@ class LlamaForCausalLM(nn.Module):
         """input_ids, positions [T] -> final hidden states [T, hidden] (normed)."""
         x = self.embed_tokens(input_ids)
         cos, sin = self.rotary(positions, x.dtype)
+        delta = None
         for layer in self.layers:
-            x = layer(x, cos, sin, backend)
-        return self.norm(x)
+            x, delta = layer.step(x, delta, cos, sin, backend)
+        return self.norm.add_norm(x, delta)[1]
 
     def quantize(self, method: str) -> None:
         """Opt-in CPU speed mode: every projection and the head weight-only "int8" or "int4"."""

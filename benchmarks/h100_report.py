@@ -1,0 +1,50 @@
+"""The side-by-side table of benchmarks/run_h100.sh: tameshi bench and the notebook stack, one run."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+
+def main(preset: str, ours_file: str, peer_file: str) -> None:
+    ours = json.loads(Path(ours_file).read_text())
+    peer = json.loads(Path(peer_file).read_text())
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+    def ratio(a: float, b: float) -> str:
+        return f"{a / b:.1f}×" if a and b else "–"
+
+    lines = [
+        f"# {preset}, AWQ 4-bit g128, random weights in the real shapes — {device}",
+        "",
+        f"tameshi (`tameshi bench`) vs the notebook stack ({peer['stack']}, `model.generate`), same "
+        "checkpoint, same machine, one after the other. Greedy, EOS ignored.",
+        "",
+        "| measure | tameshi | notebook stack | ratio |",
+        "|---|---:|---:|---:|",
+        f"| batch-1 decode, {ours['prompt_len']}-token prompt (tokens/s) | {ours['decode_tps']:.1f} "
+        f"| {peer['decode_tps']:.2f} | {ratio(ours['decode_tps'], peer['decode_tps'])} |",
+        f"| TTFT, {ours['ttft_prompt_len']}-token prompt (s) | {ours['ttft_s']:.3f} | {peer['ttft_s']:.3f} "
+        f"| {ratio(peer['ttft_s'], ours['ttft_s'])} faster |",
+        f"| aggregate, {ours['concurrency']} concurrent ({ours['concurrent_prompt_len']} in, "
+        f"{ours['concurrent_gen_len']} out) (tokens/s) | {ours['aggregate_tps']:.0f} | – | – |",
+        f"| greedy batch outputs equal to solo runs (equal prefix, tokens) | {ours['solo_equal']}/"
+        f"{ours['solo_checked']} ({', '.join(map(str, ours['solo_common_prefix']))}) | – | – |",
+        f"| weight bandwidth at batch 1 (GB/s) | {ours['weight_gbps']:.0f} "
+        f"({100 * ours['bandwidth_share']:.0f}% of the measured {ours['copy_gbps']:.0f}) | – | – |",
+        f"| KV cache capacity (tokens) | {ours['kv_tokens']:,} | – | – |",
+        f"| load time (s) | {ours['load_s']:.1f} | {peer['load_s']:.1f} | |",
+        f"| peak host memory, whole process (GB) | {ours['peak_host_gb']:.2f} | – | |",
+        f"| peak GPU memory (GB; tameshi's includes its preallocated KV pool) | {ours['peak_gpu_gb']:.1f} "
+        f"| {peer['peak_gpu_gb']:.1f} | |",
+        "",
+        f"Weights read per token: {ours['weight_gb']:.2f} GB.",
+    ]
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])

@@ -1,0 +1,219 @@
+"""`tameshi bench`: how fast a model runs here, against what this machine's memory allows.
+
+Decode of one sequence reads every weight once per token, so its ceiling is memory bandwidth over
+weight bytes. The bench measures that bandwidth itself (a large device-to-device copy) in the same
+run, then reports time to first token, batch-1 decode, aggregate decode at N concurrent requests,
+the weight bandwidth decode achieved and its share of the measured one, and peak memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import resource
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+from tameshi.engine.engine import Engine
+from tameshi.sampling_params import SamplingParams
+
+
+@dataclasses.dataclass
+class BenchResult:
+    model: str
+    device: str
+    dtype: str
+    weight_gb: float  # bytes read per decoded token (all weights but the embedding lookup), 1e9
+    copy_gbps: float  # measured in this run
+    load_s: float
+    kv_tokens: int  # KV cache capacity, tokens
+    prompt_len: int
+    gen_len: int
+    ttft_prompt_len: int
+    ttft_s: float  # median
+    decode_tps: float  # batch 1, tokens/s after the first token
+    concurrency: int
+    concurrent_prompt_len: int
+    concurrent_gen_len: int
+    aggregate_tps: float  # generated tokens / wall time of the whole batch, prefills included
+    solo_checked: int  # greedy requests of the batch compared with their solo runs
+    solo_equal: int
+    solo_common_prefix: list[int]  # per checked request: tokens equal before the first difference
+    peak_gpu_gb: float
+    peak_host_gb: float
+
+    @property
+    def weight_gbps(self) -> float:
+        return self.weight_gb * self.decode_tps
+
+    @property
+    def bandwidth_share(self) -> float:
+        return self.weight_gbps / self.copy_gbps if self.copy_gbps else 0.0
+
+    def rows(self) -> list[tuple[str, str]]:
+        return [
+            ("model", self.model),
+            ("device / dtype", f"{self.device} / {self.dtype}"),
+            ("weights read per token", f"{self.weight_gb:.2f} GB"),
+            ("load time", f"{self.load_s:.1f} s"),
+            ("KV cache capacity", f"{self.kv_tokens:,} tokens"),
+            (f"TTFT, {self.ttft_prompt_len}-token prompt", f"{self.ttft_s * 1000:.1f} ms"),
+            (f"decode, batch 1 ({self.prompt_len} in)", f"{self.decode_tps:.1f} tokens/s"),
+            (
+                f"aggregate, {self.concurrency} concurrent "
+                f"({self.concurrent_prompt_len} in, {self.concurrent_gen_len} out)",
+                f"{self.aggregate_tps:.1f} tokens/s",
+            ),
+            (
+                "greedy batch outputs equal to solo",
+                f"{self.solo_equal}/{self.solo_checked} (equal prefixes: "
+                f"{', '.join(map(str, self.solo_common_prefix))} of {self.concurrent_gen_len})",
+            ),
+            ("measured copy bandwidth", f"{self.copy_gbps:.0f} GB/s"),
+            (
+                "weight bandwidth at batch 1",
+                f"{self.weight_gbps:.0f} GB/s = {100 * self.bandwidth_share:.0f}% of measured",
+            ),
+            ("peak GPU memory", f"{self.peak_gpu_gb:.2f} GB"),
+            ("peak host memory (RSS)", f"{self.peak_host_gb:.2f} GB"),
+        ]
+
+
+def weight_bytes_per_token(model: torch.nn.Module) -> int:
+    """Bytes of weights one decode step reads: every tensor a module holds (parameters, buffers and
+    repacked kernel layouts), except the embedding table, of which a step reads one row — unless the
+    head is tied to it and reads all of it."""
+    tied = getattr(model, "lm_head", 0) is None
+    seen: set[int] = set()
+    total = 0
+    for name, module in model.named_modules():
+        if name.endswith("embed_tokens") and not tied:
+            continue
+        tensors = list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
+        for value in vars(module).values():
+            if value is None or isinstance(value, torch.Tensor):
+                continue
+            if dataclasses.is_dataclass(value) or hasattr(value, "__dict__"):
+                tensors += [t for t in vars(value).values() if isinstance(t, torch.Tensor)]
+        for t in tensors:
+            if t.data_ptr() not in seen and not t.is_meta:
+                seen.add(t.data_ptr())
+                total += t.numel() * t.element_size()
+    return total
+
+
+def copy_bandwidth(device: torch.device, gib: float = 1.0, repeats: int = 10) -> float:
+    """Achieved bandwidth of a large copy on the device, GB/s (read + write counted)."""
+    n = int(gib * 2**30) // 2
+    src = torch.empty(n, dtype=torch.float16, device=device).fill_(1)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        _sync(device)
+        start = time.perf_counter()
+        dst.copy_(src)
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    del src, dst
+    return 2 * n * 2 / best / 1e9
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _prompt(vocab: int, length: int, rng: random.Random) -> list[int]:
+    # Random ids in the lower vocabulary (ordinary tokens): distinct prompts, so no prefix-cache hits.
+    return [rng.randrange(100, min(vocab, 30000)) for _ in range(length)]
+
+
+def _timed_stream(engine: Engine, prompt: list[int], params: SamplingParams) -> tuple[float, float, int]:
+    """(seconds to the first token, seconds from the first to the last token, tokens)."""
+    start = time.perf_counter()
+    first = last = start
+    n = 0
+    for out in engine.stream(prompt, params):
+        if out.token_ids:
+            last = time.perf_counter()
+            if n == 0:
+                first = last
+            n += len(out.token_ids)
+    return first - start, last - first, n
+
+
+def run_bench(
+    llm,
+    name: str,
+    prompt_len: int = 128,
+    gen_len: int = 128,
+    ttft_prompt_len: int = 1024,
+    concurrency: int = 8,
+    concurrent_prompt_len: int | None = None,
+    concurrent_gen_len: int | None = None,
+    solo_checks: int = 2,
+    load_s: float = 0.0,
+    say: Callable[[str], None] = lambda _: None,
+) -> BenchResult:
+    engine: Engine = llm.engine
+    model = llm.loaded.model
+    device = next(model.parameters()).device
+    vocab = model.config.vocab_size
+    rng = random.Random(0)
+    greedy = dict(do_sample=False, ignore_eos=True)
+    fixed = SamplingParams(max_new_tokens=gen_len, min_new_tokens=gen_len, **greedy).resolve({})
+
+    say("measuring copy bandwidth")
+    copy = copy_bandwidth(device, gib=1.0 if device.type == "cuda" else 0.25)
+    say("warming up (CUDA graphs, Triton kernels)")
+    warm = SamplingParams(max_new_tokens=4, min_new_tokens=4, **greedy).resolve({})
+    _timed_stream(engine, _prompt(vocab, prompt_len, rng), warm)
+    _timed_stream(engine, _prompt(vocab, ttft_prompt_len, rng), warm)
+
+    say(f"TTFT at {ttft_prompt_len} tokens")
+    one = SamplingParams(max_new_tokens=1, **greedy).resolve({})
+    ttft = sorted(_timed_stream(engine, _prompt(vocab, ttft_prompt_len, rng), one)[0] for _ in range(5))[2]
+
+    say(f"batch-1 decode, {gen_len} tokens")
+    _, decode_s, n = _timed_stream(engine, _prompt(vocab, prompt_len, rng), fixed)
+    decode_tps = (n - 1) / decode_s if decode_s > 0 else 0.0
+
+    say(f"{concurrency} concurrent requests")
+    c_prompt, c_gen = concurrent_prompt_len or prompt_len, concurrent_gen_len or gen_len
+    fixed = SamplingParams(max_new_tokens=c_gen, min_new_tokens=c_gen, **greedy).resolve({})
+    prompts = [_prompt(vocab, c_prompt, rng) for _ in range(concurrency)]
+    got: dict[int, list[int]] = {i: [] for i in range(concurrency)}
+    _sync(device)
+    start = time.perf_counter()
+    for i, out in engine.generate_batch([(p, fixed) for p in prompts]):
+        got[i] += out.token_ids
+    _sync(device)
+    wall = time.perf_counter() - start
+    aggregate = sum(len(t) for t in got.values()) / wall
+
+    say("solo runs of part of the batch")
+    checked = min(solo_checks, concurrency)
+    prefixes = []
+    for i in range(checked):
+        solo = [t for out in engine.stream(prompts[i], fixed) for t in out.token_ids]
+        pairs = zip(solo, got[i], strict=False)
+        prefixes.append(next((j for j, (a, b) in enumerate(pairs) if a != b), min(len(solo), len(got[i]))))
+    equal = sum(p == c_gen for p in prefixes)
+
+    stats = engine.stats()
+    peak_gpu = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else 0.0
+    # ru_maxrss: KiB on Linux, bytes on macOS
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    return BenchResult(
+        model=name, device=str(device), dtype=str(llm.loaded.dtype).removeprefix("torch."),
+        weight_gb=weight_bytes_per_token(model) / 1e9, copy_gbps=copy, load_s=load_s,
+        kv_tokens=stats.kv_blocks_total * stats.block_size, prompt_len=prompt_len, gen_len=gen_len,
+        ttft_prompt_len=ttft_prompt_len, ttft_s=ttft, decode_tps=decode_tps, concurrency=concurrency,
+        concurrent_prompt_len=c_prompt, concurrent_gen_len=c_gen,
+        aggregate_tps=aggregate, solo_checked=checked, solo_equal=equal,
+        solo_common_prefix=prefixes, peak_gpu_gb=peak_gpu,
+        peak_host_gb=rss / 1e9,
+    )  # fmt: skip

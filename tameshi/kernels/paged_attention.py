@@ -1,0 +1,151 @@
+"""Decode attention over the paged KV pool in Triton: one query token per sequence.
+
+Every input is a tensor (block tables, context lengths), none a Python number, so a decode step can
+be captured in a CUDA graph once and replayed for any lengths up to the captured table width.
+
+Work is split flash-decoding style: a program per (sequence, KV head, partition of the context).
+With one sequence and 8 KV heads there would otherwise be 8 programs for 132 SMs. Each program
+takes all query heads that share its KV head (GQA), keeps a running max and sum (online softmax), and
+writes an unnormalized partial; `paged_decode_attention` merges the partials by their log-sum-exp.
+
+`paged_decode_reference` is the PyTorch version (gather the blocks, masked SDPA): the CPU path and
+the tests' oracle.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+PARTITION = 256  # context tokens per program
+
+
+@triton.jit
+def _paged_decode_kernel(
+    q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, acc_ptr, max_ptr, sum_ptr,
+    scale, stride_table, stride_q, n_splits,
+    N_HEADS: tl.constexpr, N_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    GROUP_PAD: tl.constexpr, PARTITION: tl.constexpr,
+):  # fmt: skip
+    seq = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    group: tl.constexpr = N_HEADS // N_KV_HEADS
+    rows = tl.arange(0, GROUP_PAD)  # query heads of this KV head, padded for the dot
+    heads = kv_head * group + rows
+    dims = tl.arange(0, HEAD_DIM)
+    row_ok = rows < group
+    q = tl.load(
+        q_ptr + seq * stride_q + heads[:, None] * HEAD_DIM + dims[None, :], mask=row_ok[:, None], other=0.0
+    )
+
+    ctx_len = tl.load(lens_ptr + seq)
+    pos = split * PARTITION
+    end = tl.minimum(pos + PARTITION, ctx_len)
+    m = tl.full((GROUP_PAD,), float("-inf"), tl.float32)
+    s = tl.zeros((GROUP_PAD,), tl.float32)
+    acc = tl.zeros((GROUP_PAD, HEAD_DIM), tl.float32)
+    offs = tl.arange(0, BLOCK_SIZE)
+    # A while loop: its bound is a tensor (Triton's interpreter cannot take one in range()).
+    while pos < end:
+        block = tl.load(tables_ptr + seq * stride_table + pos // BLOCK_SIZE)
+        slots = block * BLOCK_SIZE + offs
+        kv_off = (slots * N_KV_HEADS + kv_head)[:, None] * HEAD_DIM + dims[None, :]
+        keys = tl.load(k_ptr + kv_off)
+        values = tl.load(v_ptr + kv_off)
+        scores = tl.dot(q, tl.trans(keys)).to(tl.float32) * scale  # [GROUP_PAD, BLOCK_SIZE]
+        scores = tl.where((pos + offs)[None, :] < ctx_len, scores, float("-inf"))
+        m_new = tl.maximum(m, tl.max(scores, axis=1))
+        p = tl.exp(scores - m_new[:, None])
+        alpha = tl.exp(m - m_new)
+        s = s * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(values.dtype), values).to(tl.float32)
+        m = m_new
+        pos += BLOCK_SIZE
+
+    part = (seq * N_HEADS + heads) * n_splits + split
+    tl.store(acc_ptr + part[:, None] * HEAD_DIM + dims[None, :], acc, mask=row_ok[:, None])
+    tl.store(max_ptr + part, m, mask=row_ok)
+    tl.store(sum_ptr + part, s, mask=row_ok)
+
+
+def paged_decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    block_size: int,
+) -> torch.Tensor:
+    """q [B, H, D]; caches [slots, KVH, D] of one layer; block_tables [B, W] int32; context_lens [B]
+    int32 (each >= 1, <= W * block_size). Returns [B, H, D] in q's dtype."""
+    b, n_heads, head_dim = q.shape
+    n_kv_heads = k_cache.shape[1]
+    if PARTITION % block_size:
+        raise ValueError(f"block size {block_size} must divide the partition {PARTITION}")
+    n_splits = triton.cdiv(block_tables.shape[1] * block_size, PARTITION)
+    acc = torch.empty(b, n_heads, n_splits, head_dim, device=q.device, dtype=torch.float32)
+    row_max = torch.empty(b, n_heads, n_splits, device=q.device, dtype=torch.float32)
+    row_sum = torch.empty_like(row_max)
+    group = n_heads // n_kv_heads
+    if q.stride(2) != 1 or q.stride(1) != head_dim:
+        q = q.contiguous()
+    _paged_decode_kernel[(b, n_kv_heads, n_splits)](
+        q, k_cache, v_cache, block_tables, context_lens, acc, row_max, row_sum,
+        1.0 / math.sqrt(head_dim), block_tables.stride(0), q.stride(0), n_splits,
+        N_HEADS=n_heads, N_KV_HEADS=n_kv_heads, HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
+        GROUP_PAD=max(16, triton.next_power_of_2(group)), PARTITION=PARTITION,
+    )  # fmt: skip
+    out = torch.empty(b, n_heads, head_dim, device=q.device, dtype=q.dtype)
+    _merge_kernel[(b, n_heads)](
+        acc, row_max, row_sum, out, n_splits, HEAD_DIM=head_dim, SPLITS=triton.next_power_of_2(n_splits)
+    )
+    return out
+
+
+@triton.jit
+def _merge_kernel(acc_ptr, max_ptr, sum_ptr, out_ptr, n_splits, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr):
+    """Merge one head's partitions: weights exp(m_i - max m); empty partitions have m = -inf."""
+    row = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)  # (seq, head)
+    splits = tl.arange(0, SPLITS)
+    ok = splits < n_splits
+    dims = tl.arange(0, HEAD_DIM)
+    m = tl.load(max_ptr + row * n_splits + splits, mask=ok, other=float("-inf"))
+    s = tl.load(sum_ptr + row * n_splits + splits, mask=ok, other=0.0)
+    acc = tl.load(
+        acc_ptr + (row * n_splits + splits)[:, None] * HEAD_DIM + dims[None, :], mask=ok[:, None], other=0.0
+    )
+    w = tl.exp(m - tl.max(m, axis=0))
+    out = tl.sum(acc * w[:, None], axis=0) / tl.sum(s * w, axis=0)
+    tl.store(out_ptr + row * HEAD_DIM + dims, out.to(out_ptr.dtype.element_ty))
+
+
+def paged_decode_reference(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    block_size: int,
+) -> torch.Tensor:
+    """The same in PyTorch: gather each sequence's blocks and attend with a length mask."""
+    b, width = block_tables.shape
+    n_blocks = k_cache.shape[0] // block_size
+    paged_k = k_cache.view(n_blocks, block_size, *k_cache.shape[1:])
+    paged_v = v_cache.view(n_blocks, block_size, *v_cache.shape[1:])
+    tables = block_tables.long()
+    keys = paged_k[tables].view(b, width * block_size, *k_cache.shape[1:]).transpose(1, 2)
+    values = paged_v[tables].view(b, width * block_size, *v_cache.shape[1:]).transpose(1, 2)
+    mask = torch.arange(width * block_size, device=q.device)[None, :] < context_lens[:, None]
+    out = F.scaled_dot_product_attention(
+        q[:, :, None],
+        keys,
+        values,
+        attn_mask=mask[:, None, None, :],
+        enable_gqa=q.shape[1] != k_cache.shape[1],
+    )
+    return out[:, :, 0]

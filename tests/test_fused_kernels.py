@@ -1,0 +1,57 @@
+"""The fused elementwise kernels equal the PyTorch code they replace on CUDA (RMSNorm with the
+residual add, RoPE, SwiGLU's activation). On CPU they run in Triton's interpreter."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("triton")
+from tameshi.kernels import fused
+from tameshi.model.layers import RMSNorm, apply_rope
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# The interpreter's bf16 conversions are not faithful; the GPU run covers bf16.
+DTYPES = [torch.float16, torch.bfloat16] if DEVICE == "cuda" else [torch.float16]
+
+
+def randn(*shape, dtype, scale=1.0, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=gen) * scale).to(DEVICE, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [64, 200])  # a power of two and not
+def test_add_rms_norm_equals_add_then_norm(dtype, n):
+    norm = RMSNorm(n, 1e-6).to(DEVICE, dtype)
+    norm.weight.data = randn(n, dtype=dtype, seed=3) + 1
+    x, delta = randn(5, n, dtype=dtype, scale=4), randn(5, n, dtype=dtype, seed=1)
+    total, out = fused.add_rms_norm(x, delta, norm.weight, norm.eps)
+    assert torch.equal(total, x + delta)
+    torch.testing.assert_close(out, norm(x + delta), atol=0, rtol=2e-3)  # a last-bit rsqrt difference at most
+    same, out = fused.add_rms_norm(x, None, norm.weight, norm.eps)
+    assert same is x
+    torch.testing.assert_close(out, norm(x), atol=0, rtol=2e-3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rope_in_place_equals_apply_rope(dtype):
+    t, heads, dim = 6, 5, 32
+    qkv = randn(t, (heads + 2) * dim, dtype=dtype)  # the last 2 "heads" (v) are left alone
+    angles = torch.rand(t, dim // 2, generator=torch.Generator().manual_seed(2)) * 50
+    emb = torch.cat((angles, angles), dim=-1)
+    cos, sin = emb.cos().to(DEVICE, dtype), emb.sin().to(DEVICE, dtype)
+    qk = qkv[:, : heads * dim].view(t, heads, dim)
+    want = apply_rope(qk.clone(), cos, sin)
+    v_before = qkv[:, heads * dim :].clone()
+    got = fused.rope_(qk, cos, sin)
+    assert got.data_ptr() == qkv.data_ptr()  # in place
+    # bit-exact in the interpreter; compiled, the GPU may round a product differently in the last bit
+    torch.testing.assert_close(got, want, **({} if DEVICE == "cuda" else {"atol": 0, "rtol": 0}))
+    assert torch.equal(qkv[:, heads * dim :], v_before)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_silu_mul_equals_silu_times_up(dtype):
+    gate_up = randn(3, 2 * 1500, dtype=dtype, scale=3)  # n not a multiple of the block
+    gate, up = gate_up.split(1500, dim=-1)
+    torch.testing.assert_close(fused.silu_mul(gate_up), F.silu(gate) * up, atol=1e-3, rtol=1e-3)
