@@ -111,7 +111,9 @@ def tinygemm(k: int, n: int):
 
 def sweep_configs(m: int):
     if m == 1:
-        grid = itertools.product((1,), (128, 256), (128,), (8, 16, 32), (2, 4), (3,), (True,))
+        grid = itertools.product(
+            (1,), (64, 128, 256), (128,), (4, 8, 16, 32, 43, 86), (2, 4, 8), (3,), (True,)
+        )
     elif m <= 16:
         grid = itertools.product((16,), (64, 128), (128,), (8, 16, 32, 64), (4, 8), (3,), (False, True))
     else:

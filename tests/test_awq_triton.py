@@ -81,9 +81,9 @@ def test_dequantize_equals_reference(group):
 
 def test_default_config_splits_k_evenly():
     decode = default_config(1, 8192, 8192, 128)
-    assert decode.block_m == 1 and decode.split_k == 32  # 64 blocks of K, 2 per program
+    assert decode.block_m == 1 and decode.split_k == 16  # 64 blocks of K, 4 per program
     down = default_config(1, 8192, 22016, 128)  # 172 blocks: the split must divide them
-    assert 172 % down.split_k == 0 and 172 // down.split_k == 2
+    assert 172 % down.split_k == 0 and 172 // down.split_k == 4
     assert default_config(16, 8192, 8192, 128).split_k == 64
     batched = default_config(64, 8192, 22016, 128)  # batched decode: 64-row tiles, K split in two
     assert (batched.block_m, batched.split_k) == (64, 2)

@@ -45,8 +45,10 @@ def test_rope_in_place_equals_apply_rope(dtype):
     v_before = qkv[:, heads * dim :].clone()
     got = fused.rope_(qk, cos, sin)
     assert got.data_ptr() == qkv.data_ptr()  # in place
-    # bit-exact in the interpreter; compiled, the GPU may round a product differently in the last bit
-    torch.testing.assert_close(got, want, **({} if DEVICE == "cuda" else {"atol": 0, "rtol": 0}))
+    # Bit-exact in the interpreter. Compiled, the GPU keeps a product unrounded into the add (FMA): at
+    # most one rounding step of the largest product apart (seen on the H100: 4.9e-4 fp16, 2.9e-3 bf16).
+    ulp = torch.finfo(dtype).eps * want.abs().max().item() if DEVICE == "cuda" else 0.0
+    torch.testing.assert_close(got, want, atol=ulp, rtol=0)
     assert torch.equal(qkv[:, heads * dim :], v_before)
 
 

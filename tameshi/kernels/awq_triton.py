@@ -142,6 +142,46 @@ def _awq_matmul_kernel(
 
 
 @triton.jit
+def _awq_gemv_kernel(
+    x_ptr, w_ptr, z_ptr, s_ptr, y_ptr, N, stride_xm, stride_ym,
+    GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    BLOCKS_PER_SPLIT: tl.constexpr,
+):  # fmt: skip
+    """One activation row (decode): each packed word loaded once, its 8 codes multiplied on CUDA cores
+    into a [BLOCK_K/8, BLOCK_N] accumulator that is reduced over K only once, at the end (a reduction
+    per K block would cross threads every time)."""
+    pid_n = tl.program_id(0)
+    row = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    R: tl.constexpr = BLOCK_K // 8
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_r = tl.arange(0, R)
+    mask_n = offs_n < N
+    acc = tl.zeros((R, BLOCK_N), dtype=tl.float32)
+    for i in range(BLOCKS_PER_SPLIT):
+        k0 = (pid_k * BLOCKS_PER_SPLIT + i) * BLOCK_K
+        words = tl.load(
+            w_ptr + (k0 // 8 + offs_r)[:, None] * N + offs_n[None, :], mask=mask_n[None, :], other=0
+        )
+        xq = tl.zeros((R, BLOCK_N), dtype=tl.float32)
+        x_sum = tl.zeros((R,), dtype=tl.float32)
+        for j in tl.static_range(8):
+            x = tl.load(x_ptr + row * stride_xm + k0 + offs_r * 8 + j).to(tl.float32)
+            xq += x[:, None] * ((words >> (4 * j)) & 0xF).to(tl.float32)
+            x_sum += x
+        g = k0 // GROUP
+        z = tl.load(z_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        sc = tl.load(s_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        acc += sc[None, :] * (xq - x_sum[:, None] * z[None, :])
+    out = tl.sum(acc, axis=0)
+    y_ptrs = y_ptr + row * stride_ym + offs_n
+    if SPLIT_K == 1:
+        tl.store(y_ptrs, out.to(y_ptr.dtype.element_ty), mask=mask_n)
+    else:
+        tl.atomic_add(y_ptrs, out, mask=mask_n)
+
+
+@triton.jit
 def _awq_dequantize_kernel(
     w_ptr, z_ptr, s_ptr, out_ptr, N, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr
 ):
@@ -179,13 +219,14 @@ def default_config(m: int, n: int, k: int, group: int) -> MatmulConfig:
 
     Decode streams every weight once, so the speed is memory parallelism: K is split so that each
     program handles only a few blocks and thousands of programs have loads in flight at once; the
-    partial sums meet in fp32 atomics. One row: CUDA cores, wide tiles, each word loaded once, two
-    warps. A few rows: the tensor-core dot, one block of K per program.
+    partial sums meet in fp32 atomics. One row: CUDA cores, 64-column tiles, each word loaded once,
+    four warps (the graph-timed sweep's best on both qkv and down: benchmarks/results/). A few
+    rows: the tensor-core dot, one block of K per program.
     """
     block_k = next(b for b in (128, 64, 32, 16) if group % b == 0)
     n_blocks = k // block_k
     if m == 1:
-        return MatmulConfig(1, 256, block_k, _split(n_blocks, per_program=2), num_warps=2, by_word=True)
+        return MatmulConfig(1, 64, block_k, _split(n_blocks, per_program=4), num_warps=4, by_word=True)
     if m <= 16:
         return MatmulConfig(16, 128, block_k, _split(n_blocks, per_program=1), num_warps=8)
     # Up to 64 rows (batched decode): one 64-row tile, K split in two only where N alone gives too
@@ -217,6 +258,13 @@ def awq_matmul(x: torch.Tensor, packed: KPacked, config: MatmulConfig | None = N
     else:
         y = torch.zeros(m, n, dtype=torch.float32, device=x.device)
     grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, cfg.block_m), cfg.split_k)
+    if cfg.block_m == 1 and cfg.by_word:
+        _awq_gemv_kernel[grid](
+            x, packed.qweight, packed.zeros, packed.scales, y, n, x.stride(0), y.stride(0),
+            GROUP=packed.group, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k,
+            BLOCKS_PER_SPLIT=k // cfg.block_k // cfg.split_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )  # fmt: skip
+        return y if cfg.split_k == 1 else y.to(x.dtype)
     _awq_matmul_kernel[grid](
         x, packed.qweight, packed.zeros, packed.scales, y, m, n, x.stride(0), y.stride(0),
         GROUP=packed.group, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
