@@ -302,7 +302,7 @@ def eval_(
 
     from tameshi.eval.judge import make_judge
     from tameshi.eval.report import write_report
-    from tameshi.eval.runner import EvalConfig, run_eval
+    from tameshi.eval.runner import EvalConfig, model_label, run_eval
     from tameshi.eval.suite import LANGS, load_suite
 
     params = _params(locals())
@@ -322,12 +322,13 @@ def eval_(
             console=err, transient=False,
         ) as bar:  # fmt: skip
             task = bar.add_task("probing", total=None)
-            label = llm.loaded.source.path.name
+            label = model_label(name)
 
             def report(done: int, total: int, what: str, task=task, bar=bar, label=label) -> None:
                 bar.update(task, completed=done, total=total, description=f"{label}: {what}")
 
-            paths.append(run_eval(llm, probes, params, config, Path(runs_dir), grader, judge, report))
+            run = run_eval(llm, probes, params, config, Path(runs_dir), grader, judge, label, report)
+            paths.append(run)
         err.print(f"run saved: {paths[-1]}")
         del llm
     result = write_report(paths, Path(runs_dir) / "report.html")

@@ -72,11 +72,12 @@ class Run:
 
     @property
     def label(self) -> str:
-        p = self.header.params
-        sampling = (
-            "greedy" if not p.get("do_sample") or p.get("temperature") == 0 else f"T{p.get('temperature')}"
+        """ "model · sampling · suite HH:MM", enough to tell runs apart in a side-by-side table."""
+        h, p = self.header, self.header.params
+        sampling = h.preset or (
+            "greedy" if not p.get("do_sample") or p.get("temperature") == 0 else f"T {p.get('temperature')}"
         )
-        return f"{self.header.model} · {self.header.preset or sampling} · {self.header.run_id[-6:]}"
+        return f"{h.model} · {sampling} · {h.suite} {h.started[11:16]}"
 
 
 def _line(kind: str, obj: Any) -> str:

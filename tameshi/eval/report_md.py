@@ -62,14 +62,10 @@ def flags_table(summaries: list[RunSummary]) -> list[str]:
     ]
     for i, s in enumerate(summaries, 1):
         for lang in s.langs:
-            total = s.by_lang[lang].total
             row = [f"#{i}", LANG_NAMES.get(lang, lang), f"{s.correct_by_lang[lang].pct()}"]
             for name in names:
-                n = s.flags.get((name, lang), 0)
-                applies = name != "Chinese in Japanese" or any(
-                    r.expect_lang == "ja" and r.lang == lang for r in s.run.records
-                )
-                row.append(f"{n}/{total}" if applies else "—")
+                checked = s.flag_checked.get((name, lang), 0)  # Japanese purity runs on Japanese answers only
+                row.append(f"{s.flags.get((name, lang), 0)}/{checked}" if checked else "—")
             row.append(str(s.errors.get(lang, 0)))
             lines.append("| " + " | ".join(row) + " |")
     return lines

@@ -21,6 +21,7 @@ from tameshi.eval.checks import Answer, Verdict, hygiene_checks, run_check
 from tameshi.eval.judge import Judge, JudgeRequest, score
 from tameshi.eval.records import Record, RunHeader, RunWriter
 from tameshi.eval.suite import LANGS, Probe, Suite
+from tameshi.loading.default import DEFAULT_MODEL_NAME
 from tameshi.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
@@ -71,6 +72,15 @@ def check_answer(probe: Probe, lang: str, answer: Answer) -> list[Verdict]:
     return verdicts + hygiene_checks(answer)
 
 
+def model_label(model: str | None) -> str:
+    """A short name for reports from what the user typed: a path's last part, a hub id as is; no model
+    is the embedded default, named (its cache folder's name carries a hash)."""
+    if model is None:
+        return DEFAULT_MODEL_NAME
+    path = Path(model)
+    return path.name if path.exists() else model
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:60] or "model"
 
@@ -83,6 +93,7 @@ def run_eval(
     runs_dir: Path,
     judge: Judge | None = None,
     judge_spec: str | None = None,
+    label: str | None = None,
     on_batch: Callable[[int, int, str], None] | None = None,
 ) -> Path:
     """Run `suite` on `llm`; returns the run file. `on_batch(done, total, what)` reports progress."""
@@ -90,10 +101,11 @@ def run_eval(
     jobs = plan(suite, resolved, config)
     source = llm.loaded.source
     started = datetime.now().astimezone()
-    run_id = f"{started:%Y%m%d-%H%M%S}-{_slug(source.path.name)}-{_slug(suite.name)}"
+    label = label or source.path.name
+    run_id = f"{started:%Y%m%d-%H%M%S}-{_slug(label)}-{_slug(suite.name)}"
     header = RunHeader(
         run_id=run_id,
-        model=source.path.name,
+        model=label,
         model_path=f"{source.path} ({source.origin})",
         params=dataclasses.asdict(resolved),
         preset=config.preset,

@@ -51,6 +51,7 @@ class RunSummary:
     by_lang: dict[str, Cell] = field(default_factory=dict)
     correct_by_lang: dict[str, Cell] = field(default_factory=dict)
     flags: dict[tuple[str, str], int] = field(default_factory=dict)  # (flag, lang) → answers flagged
+    flag_checked: dict[tuple[str, str], int] = field(default_factory=dict)  # (flag, lang) → answers checked
     errors: dict[str, int] = field(default_factory=dict)
     memorisation: list[str] = field(default_factory=list)
     judged: dict[str, list[float]] = field(default_factory=dict)  # lang → scores
@@ -83,9 +84,10 @@ def summarise(run: Run) -> RunSummary:
         s.by_lang.setdefault(r.lang, Cell()).add(r.passed)
         s.correct_by_lang.setdefault(r.lang, Cell()).add(answer_ok(r))
         for c in r.checks:
-            if c["name"] in FLAGS and not c["passed"]:
+            if c["name"] in FLAGS:
                 key = (FLAGS[c["name"]], r.lang)
-                s.flags[key] = s.flags.get(key, 0) + 1
+                s.flag_checked[key] = s.flag_checked.get(key, 0) + 1
+                s.flags[key] = s.flags.get(key, 0) + (not c["passed"])
             if c["name"] == "judge" and c.get("score") is not None:
                 s.judged.setdefault(r.lang, []).append(float(c["score"]))
                 if r.probe not in s.judged_probes:
