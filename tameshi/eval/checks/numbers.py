@@ -103,8 +103,10 @@ class Number:
 
 
 def kanji_to_int(s: str) -> int | None:
-    """五百 → 500, 三千二百十 → 3210, 二〇二四 → 2024, 十 → 10; None if not a numeral."""
-    if s and all(c in _KANJI_DIGITS for c in s):  # positional, like 二〇二四
+    """五百 → 500, 三千二百十 → 3210, 二〇二四 → 2024, 十 → 10, 万 → 10000; None if not a numeral."""
+    if not s:
+        return None
+    if all(c in _KANJI_DIGITS for c in s):  # positional, like 二〇二四
         return int("".join(str(_KANJI_DIGITS[c]) for c in s))
     total = section = digit = 0
     for c in s:
@@ -114,7 +116,7 @@ def kanji_to_int(s: str) -> int | None:
             section += (digit or 1) * _KANJI_SMALL[c]
             digit = 0
         elif c in _KANJI_LARGE:
-            total += (section + digit) * _KANJI_LARGE[c]
+            total += (section + digit or 1) * _KANJI_LARGE[c]  # a bare 万 is 一万
             section = digit = 0
         else:
             return None
