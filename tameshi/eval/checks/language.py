@@ -2,7 +2,8 @@
 
 Detection counts scripts, not words: kana only occur in Japanese, so kanji with kana is Japanese and
 kanji without kana is Chinese; Latin prose is English when English function words make up a fair share.
-Code (fenced or inline) is removed first: it says nothing about the language of the answer.
+Code (fenced or inline) and JSON keys are removed first: they follow the requested format and say nothing
+about the language of the answer (a Japanese answer may well be `{"name": "抹茶ラテ"}`).
 
 Purity (run on answers that should be Japanese) reports, with the offending characters:
   1. ideographs and CJK punctuation that neither cp932 nor JIS X 0208 (Python's shift_jis) can encode —
@@ -75,6 +76,7 @@ _EN_FUNCTION = frozenset(
 )
 _ZH_FUNCTION = frozenset("的是了在我你他们这那吗呢吧有不也就都很说要和个么")
 _SENTENCE = re.compile(r"[^。！？!?\n]+[。！？!?]?")
+_JSON_KEY = re.compile(r'"[^"\n]{1,60}"\s*:')
 
 
 def is_kana(c: str) -> bool:
@@ -121,7 +123,7 @@ def count_scripts(text: str) -> ScriptCounts:
 
 def detect_language(text: str) -> tuple[str, ScriptCounts]:
     """ "en", "ja", "zh", "ko", "other" or "unknown" (too little prose to tell) for the answer's prose."""
-    s = count_scripts(strip_code(text))
+    s = count_scripts(_JSON_KEY.sub(" ", strip_code(text)))
     cjk = s.kana + s.han
     latin_units = s.latin_letters / 2  # a kanji or kana carries about as much as two Latin letters
     if s.hangul > max(cjk, latin_units):
