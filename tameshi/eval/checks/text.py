@@ -69,9 +69,12 @@ def check_length(answer: Answer, args: dict[str, Any]) -> Verdict:
 
 
 _LETTER_ANSWER = re.compile(r"(?:answer(?: is)?|答え(?:は)?|正解(?:は)?)\s*[:：]?\s*\(?\**([A-D])\b", re.I)
-# A letter alone: "B", "(B)", "B)", "B.", "Bです" — but not the English article in "A bat costs …".
+# A letter alone: "B", "(B)", "B)", "B.", "Bです", the first of "A or C" — but not the English article in
+# "A bat costs …".
 _LONE_LETTER = re.compile(
-    r"(?<![A-Za-z])[(（]?([A-D])(?=[).:：、。）]|[ \t]*$|[\u3040-\u30ff\u4e00-\u9fff])", re.M
+    r"(?<![A-Za-z])[(（]?([A-D])"
+    r"(?=[).:：、。）]|[ \t]*$|[\u3040-\u30ff\u4e00-\u9fff]|[ \t]+(?:or|and)[ \t]+[(（]?[A-D](?![A-Za-z]))",
+    re.M,
 )
 
 
