@@ -143,7 +143,7 @@ def describe(r: RunResult, function: str) -> str:
     if r.crashed:
         return f"crashed ({r.crashed})"
     if r.blocked:
-        return f"sandbox refused: {'; '.join(clip(b, 60) for b in r.blocked[:3])}"
+        return f"sandbox refused: {'; '.join(clip(b, 90) for b in r.blocked[:3])}"
     if not r.defined:
         return f"{function}() not defined" + (f" ({r.module_error})" if r.module_error else "")
     passed = sum(ok for _, ok, _ in r.tests)

@@ -57,7 +57,7 @@ def _hook(event, args):
         writes = any(c in (mode or "") for c in "wax+") or bool((flags or 0) & WRITE_FLAGS)
         if _under(real, (ROOT,)) or (not writes and _under(real, READABLE)):
             return
-        _deny(f"open({real!r}, {'write' if writes else 'read'})")
+        _deny(f"open to {'write' if writes else 'read'} {real!r}")  # the verb first: evidence is clipped
     elif event in DENY or event.startswith(DENY_PREFIXES):
         _deny(f"{event}{args!r:.80}")
     elif event in PATH_EVENTS or event in LIST_EVENTS:
