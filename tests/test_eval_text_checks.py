@@ -1,5 +1,5 @@
-"""contains / regex / length / choice, the repetition and truncation hygiene checks, and the judge's score
-parsing, each on hand-written answers in English and Japanese (eval/checks/text.py, repetition.py, judge.py)."""
+"""contains / regex / length / choice and the repetition and truncation hygiene checks, each on
+hand-written answers in English and Japanese (eval/checks/text.py, repetition.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import pytest
 
 from tameshi.eval.checks import Answer, run_check
 from tameshi.eval.checks.repetition import check_repetition, check_truncation
-from tameshi.eval.judge import JudgeRequest, judge_prompt, parse_score, score
 
 
 def answer(text: str, lang: str = "en", **kw) -> Answer:
@@ -117,44 +116,3 @@ def test_truncation() -> None:
 def test_a_crashing_checker_fails_its_check_not_the_run() -> None:
     v = run_check("regex", answer("x"), {"pattern": "("})  # a bad pattern that escaped validation
     assert not v.passed and "checker error" in v.evidence
-
-
-@pytest.mark.parametrize(
-    ("reply", "value"),
-    [
-        ("4", 4),
-        ("Score: 5", 5),
-        ("**3**", 3),
-        ("４点", 4),
-        ("評価: 2点です", 2),
-        ("1.5", None),
-        ("none", None),
-    ],
-)
-def test_judge_score_parsing(reply: str, value: int | None) -> None:
-    assert parse_score(reply) == value
-
-
-class FakeJudge:
-    name = "fake"
-
-    def __init__(self, replies: list[str]) -> None:
-        self.replies, self.prompts = replies, []
-
-    def complete(self, prompts: list[str]) -> list[str]:
-        self.prompts += prompts
-        return self.replies[: len(prompts)]
-
-
-def test_judge_prompts_carry_the_rubric_in_the_question_language() -> None:
-    reqs = [
-        JudgeRequest("Why is the sky blue?", "Scattering.", "Mentions scattering.", "", "en"),
-        JudgeRequest("空はなぜ青い？", "散乱のため。", "散乱に触れているか。", "レイリー散乱。", "ja"),
-    ]
-    judge = FakeJudge(["5", "I cannot score this"])
-    first, second = score(judge, reqs)
-    assert first.passed and first.score == 5 and first.kind == "judge"
-    assert not second.passed and second.score is None and "no 1–5 score" in second.evidence
-    assert "Output only the score" in judge.prompts[0] and "Mentions scattering." in judge.prompts[0]
-    assert "1〜5" in judge.prompts[1] and "参考となる回答例: レイリー散乱。" in judge.prompts[1]
-    assert judge_prompt(reqs[1]).count("散乱のため。") == 1
