@@ -111,3 +111,18 @@ def test_json_keys_and_code_do_not_decide_the_language() -> None:
     assert check_language(ja('{"name": "Matcha latte", "price_yen": 520}'), {}).passed  # too little to tell
     v = check_language(ja('{"answer": "The capital of Japan is Tokyo, of course."}'), {})
     assert not v.passed  # the values are still read
+
+
+def test_every_japanese_text_in_the_shipped_suite_is_clean() -> None:
+    from tameshi.eval.suite import load_suite
+
+    texts = []
+    for p in load_suite("default").probes:
+        texts += [p.prompt["ja"], (p.system or {}).get("ja", "")]
+        if p.judge:
+            texts += [p.judge.aspect.get("ja", ""), p.judge.reference.get("ja", "")]
+    texts = [t for t in texts if t]
+    assert len(texts) > 60
+    for text in texts:
+        v = check_script_purity(ja(text), {})
+        assert v.passed, (text, v.evidence)
