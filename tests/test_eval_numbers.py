@@ -97,3 +97,38 @@ def test_a_spray_of_numbers_without_a_marked_answer_fails() -> None:
 def test_pick_last_and_tolerance() -> None:
     assert not run_check("number", answer("391, no wait, 392"), {"value": 391, "pick": "last"}).passed
     assert run_check("number", answer("about 3.14"), {"value": 3.14159, "tolerance": 0.01}).passed
+
+
+WIDGETS_EN = "Five machines need five minutes to make five widgets. How many minutes would 100 machines need?"
+WIDGETS_JA = (
+    "5台の機械で5個の部品を作るのに5分かかります。100台の機械で100個の部品を作るには何分かかりますか？"
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "question", "ok"),
+    [
+        ("It takes 5 minutes.", WIDGETS_EN, True),
+        (
+            "If 5 machines make 5 widgets in 5 minutes, 100 machines make 100 widgets in 5 minutes.",
+            WIDGETS_EN,
+            True,
+        ),
+        ("5 machines take 5 minutes for 5 widgets, so 100 machines take 100 minutes.", WIDGETS_EN, False),
+        ("5分です。", WIDGETS_JA, True),
+        ("5台で5分なので、100台では100分かかります。", WIDGETS_JA, False),
+    ],
+)
+def test_a_value_the_question_holds_counts_only_as_the_last_number(
+    text: str, question: str, ok: bool
+) -> None:
+    lang = "ja" if question == WIDGETS_JA else "en"
+    v = run_check("number", Answer(text, lang, lang, question=question), {"value": 5})
+    assert v.passed is ok and "the question holds 5" in v.evidence, v.evidence
+
+
+def test_a_value_the_model_wrote_itself_counts_anywhere() -> None:
+    q = "A bat and a ball cost $1.10. The bat costs $1.00 more than the ball. What does the ball cost?"
+    text = "The ball costs $0.05 and the bat costs $1.05, which makes $1.10 together."
+    v = run_check("number", Answer(text, "en", "en", question=q), {"value": 0.05, "unit": "usd"})
+    assert v.passed and "found 0.05 usd among" in v.evidence

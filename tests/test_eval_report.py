@@ -54,7 +54,8 @@ def write_run(folder: Path, model: str, answers: dict, cut: set | frozenset = fr
     for probe in suite.probes:
         for lang in probe.langs:
             reason = "length" if (probe.id, lang) in cut else "stop"
-            ans = Answer(answers[probe.id, lang], lang, probe.expect_lang(lang), reason, 20, 256)
+            text, expect = answers[probe.id, lang], probe.expect_lang(lang)
+            ans = Answer(text, lang, expect, reason, 20, 256, question=probe.prompt[lang])
             checks = check_answer(probe, lang, ans)
             writer.record(
                 Record(

@@ -165,6 +165,7 @@ def _run_batch(llm: LLM, params: SamplingParams, group: list[Job], judge: Judge 
             completion_tokens=c.completion_tokens,
             max_new_tokens=job.max_new_tokens,
             error=c.error,
+            question=job.probe.prompt[job.lang],
         )
         answers.append(answer)
         verdicts.append(check_answer(job.probe, job.lang, answer))

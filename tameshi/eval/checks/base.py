@@ -22,6 +22,7 @@ class Answer:
     completion_tokens: int = 0
     max_new_tokens: int | None = None
     error: str | None = None
+    question: str = ""  # the user turn, for checks that must tell a restated number from an answer
 
 
 @dataclass(frozen=True)

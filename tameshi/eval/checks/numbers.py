@@ -199,8 +199,11 @@ def _fmt(n: Number) -> str:
 def check_number(answer: Answer, args: dict[str, Any]) -> Verdict:
     """`value` (required), `unit` (usd|cent|yen|percent), `tolerance` (absolute), `pick` (answer|last|any).
 
-    pick=answer (default): the number after the last answer marker ("Answer:", "答えは" …) is judged;
-    with no marker, the expected value anywhere counts, unless the answer sprays > 10 distinct numbers.
+    pick=answer (default): the number after the last answer marker ("Answer:", "答えは" …) is judged.
+    With no marker it depends on whether the question itself holds the expected value. If it does (five
+    machines, five minutes, 100 machines: how long?), finding it proves nothing, since answers restate the
+    question, so the last number counts. If it does not, the model wrote the value itself, so finding it
+    anywhere counts, unless the answer sprays > 10 distinct numbers. pick=last / any force one rule.
     """
     expected = float(args["value"])
     unit = args.get("unit")
@@ -222,8 +225,10 @@ def check_number(answer: Answer, args: dict[str, Any]) -> Verdict:
         if after:
             ok = same(after[0])
             return Verdict("number", ok, f"marked answer {_fmt(after[0])}; expected {want}")
-    if pick == "last":
-        return Verdict("number", same(numbers[-1]), f"last number {_fmt(numbers[-1])}; expected {want}")
+    echoed = pick == "answer" and any(same(n) for n in find_numbers(answer.question))
+    if pick == "last" or echoed:
+        why = "last number" if pick == "last" else f"the question holds {want}, so the last number counts:"
+        return Verdict("number", same(numbers[-1]), f"{why} {_fmt(numbers[-1])}; expected {want}")
     distinct = {round(n.value, 9) for n in numbers}
     if pick == "answer" and len(distinct) > _SPRAY:
         return Verdict("number", False, f"{len(distinct)} different numbers and no marked answer: {seen}")
