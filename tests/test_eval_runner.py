@@ -75,6 +75,12 @@ def test_batches_seeds_caps_and_records(tmp_path: Path) -> None:
     arith = [r for r in run.records if r.probe == "arith-multiply"]
     assert len(arith) == 4 and all(r.checks[0]["name"] == "number" and r.checks[0]["passed"] for r in arith)
     assert arith[0].prompt.startswith("<user>") and arith[0].messages[-1]["role"] == "user"
+    # written batch by batch (grouped by token cap), read back in suite order
+    suite_order = [p.id for p in load_suite("smoke").probes]
+    assert [r.probe for r in run.records][::4] == suite_order and run.header.probes == suite_order
+    assert [r.lang for r in run.records][:4] == ["en", "en", "ja", "ja"]
+    written = [line for line in path.read_text(encoding="utf-8").splitlines() if '"type": "record"' in line]
+    assert [r.probe for r in run.records] != [line.split('"probe": "')[1].split('"')[0] for line in written]
 
 
 def test_only_judged_probes_get_a_judge_verdict(tmp_path: Path) -> None:

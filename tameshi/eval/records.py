@@ -34,6 +34,7 @@ class RunHeader:
     started: str  # ISO 8601, local time with offset
     device: str
     judge: str | None = None  # "http://…" or "local:MODEL"; None: no probe was judged
+    probes: list[str] = field(default_factory=list)  # ids in suite order; answers are written by batch
     format: str = FORMAT
 
 
@@ -127,6 +128,10 @@ def read_run(path: str | Path) -> Run:
     except TypeError as e:
         raise RunFileError(f"{path}: a line has unexpected fields ({e})") from None
     footer = next((i for i in items if i["type"] == "footer"), None)
+    # Batches group answers by token cap, so the file is in batch order; reports read in suite order.
+    order = {probe: i for i, probe in enumerate(header.probes)}
+    langs = {lang: i for i, lang in enumerate(header.langs)}
+    records.sort(key=lambda r: (order.get(r.probe, len(order)), langs.get(r.lang, len(langs)), r.repeat))
     return Run(path, header, records, footer)
 
 

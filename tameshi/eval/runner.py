@@ -118,6 +118,7 @@ def run_eval(
         started=started.isoformat(timespec="seconds"),
         device=f"{llm.loaded.device} / {str(llm.loaded.dtype).removeprefix('torch.')}",
         judge=judge_spec if judge else None,
+        probes=list(dict.fromkeys(job.probe.id for job in jobs)),
     )
     writer = RunWriter(runs_dir / f"{run_id}.jsonl", header)
     t0, tokens, done = time.perf_counter(), 0, 0
