@@ -1,4 +1,4 @@
-"""`tameshi ask | chat | info`: the terminal way in. Errors print one sentence; --debug shows the traceback."""
+"""`tameshi ask | chat | info | eval | report …`: the terminal way in. Errors print one sentence; --debug shows the traceback."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from tameshi.sampling_params import NOTEBOOK_PRESET, SamplingParams
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
-    help="Try a new open chat LLM: ask it, chat with it, inspect it. No --model: the embedded default.",
+    help="Try a new open chat LLM: ask it, chat with it, probe it, inspect it. No --model: the embedded default.",
 )
 # soft_wrap: an error stays one line however narrow the terminal
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -315,6 +315,7 @@ def bench(
                 "--quant",
                 synth_quant,
             ]
+            cmd += ["--device", "cuda"] if device != "cpu" and _has_cuda() else []
             subprocess.run(cmd, check=True)
         model = str(folder)
     start = time.perf_counter()
@@ -342,6 +343,125 @@ def _has_cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+RunsDirOpt = Annotated[str, typer.Option("--runs-dir", help="Folder of run files.")]
+
+
+@app.command("eval")
+def eval_(
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", "-m", help="Model to probe; repeat for several (one run each)."),
+    ] = None,
+    suite: Annotated[
+        str, typer.Option(help="Built-in suite name (default, smoke) or a .yaml file.")
+    ] = "default",
+    lang: Annotated[str, typer.Option(help="Languages to run, comma-separated.")] = "en,ja",
+    repeat: Annotated[int, typer.Option(help="Answers per probe and language (sampling varies).")] = 1,
+    only: Annotated[
+        list[str] | None, typer.Option("--only", help="Probe id or category to keep (repeatable).")
+    ] = None,
+    runs_dir: RunsDirOpt = "tameshi-runs",
+    batch_size: Annotated[int, typer.Option(help="Prompts handed to the engine at once.")] = 32,
+    judge: Annotated[
+        str | None,
+        typer.Option(
+            help="Score open-ended probes 1-5: an OpenAI-compatible URL or local:MODEL. Off by default."
+        ),
+    ] = None,
+    judge_model: Annotated[str | None, typer.Option(help="Model name to send to a --judge URL.")] = None,
+    preset: PresetOpt = None,
+    max_new_tokens: MaxNewOpt = None,
+    min_new_tokens: MinNewOpt = None,
+    do_sample: SampleOpt = None,
+    temperature: TempOpt = None,
+    top_p: TopPOpt = None,
+    top_k: TopKOpt = None,
+    min_p: MinPOpt = None,
+    repetition_penalty: RepOpt = None,
+    seed: SeedOpt = None,
+    stop: StopOpt = None,
+    stop_token_ids: StopIdOpt = None,
+    ignore_eos: IgnoreEosOpt = None,
+    skip_special_tokens: SpecialOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    quantize: QuantOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Run a probe suite (EN/JA) with automatic checks; each run is saved as JSONL under --runs-dir."""
+    from pathlib import Path
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tameshi.eval.judge import make_judge
+    from tameshi.eval.report import write_report
+    from tameshi.eval.runner import EvalConfig, model_label, run_eval
+    from tameshi.eval.suite import LANGS, load_suite
+
+    params = _params(locals())
+    langs = tuple(x.strip() for x in lang.split(",") if x.strip())
+    if not langs or not set(langs) <= set(LANGS):
+        raise typer.BadParameter(f"--lang takes a comma-separated list of {', '.join(LANGS)}")
+    if repeat < 1 or batch_size < 1:
+        raise typer.BadParameter("--repeat and --batch-size must be at least 1")
+    probes = load_suite(suite)  # a bad suite file fails before any model loads
+    config = EvalConfig(langs, repeat, batch_size, tuple(only or ()), preset)
+    grader = make_judge(judge, judge_model, device) if judge else None
+    paths = []
+    for name in model or [None]:
+        llm = _load(name, device, dtype, quantize)
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=err, transient=False,
+        ) as bar:  # fmt: skip
+            task = bar.add_task("probing", total=None)
+            label = model_label(name)
+
+            def report(done: int, total: int, what: str, task=task, bar=bar, label=label) -> None:
+                bar.update(task, completed=done, total=total, description=f"{label}: {what}")
+
+            run = run_eval(llm, probes, params, config, Path(runs_dir), grader, judge, label, report)
+            paths.append(run)
+        err.print(f"run saved: {paths[-1]}")
+        del llm
+    result = write_report(paths, Path(runs_dir) / "report.html")
+    _print_markdown(result.markdown, plain=False)
+    err.print(f"report: {result.html_path}")
+
+
+@app.command()
+def report(
+    runs: Annotated[
+        list[str] | None,
+        typer.Argument(help="Run files (.jsonl) or run ids; several go side by side. None: the latest run."),
+    ] = None,
+    runs_dir: RunsDirOpt = "tameshi-runs",
+    out: Annotated[str | None, typer.Option("--out", "-o", help="HTML file to write.")] = None,
+    plain: Annotated[bool, typer.Option("--plain", help="Print raw Markdown (to paste elsewhere).")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Summarise runs: Markdown to the terminal, plus one self-contained HTML file (tables, plots, answers)."""
+    from pathlib import Path
+
+    from tameshi.eval.records import find_runs
+    from tameshi.eval.report import write_report
+
+    paths = find_runs(list(runs or []), Path(runs_dir))
+    html = Path(out) if out else paths[0].parent / "report.html"
+    result = write_report(paths, html)
+    _print_markdown(result.markdown, plain)
+    err.print(f"report: {result.html_path}")
+
+
+def _print_markdown(text: str, plain: bool) -> None:
+    if plain:
+        sys.stdout.write(text)
+        return
+    from rich.markdown import Markdown
+
+    Console().print(Markdown(text))
 
 
 def main(argv: list[str] | None = None) -> int:

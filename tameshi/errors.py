@@ -27,3 +27,15 @@ class InvalidRequestError(TameshiError):
 
 class PromptTooLongError(InvalidRequestError):
     """The prompt does not fit the model's context window."""
+
+
+class SuiteError(TameshiError):
+    """A probe suite file is missing, unreadable or malformed (the message names file and probe)."""
+
+
+class RunFileError(TameshiError):
+    """An eval run file (JSONL) is missing or not one tameshi wrote."""
+
+
+class JudgeError(TameshiError):
+    """The judge endpoint or model could not be reached or gave no usable score."""

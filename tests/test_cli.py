@@ -61,7 +61,7 @@ def test_every_sampling_field_has_a_flag():
     from tameshi.sampling_params import SamplingParams
 
     commands = {c.name: c for c in typer.main.get_command(app).commands.values()}
-    for name in ("ask", "chat"):
+    for name in ("ask", "chat", "eval"):
         params = {p.name for p in commands[name].params}
         missing = [f.name for f in dataclasses.fields(SamplingParams) if f.repr and f.name not in params]
         assert not missing, (name, missing)
