@@ -65,9 +65,13 @@ class ModelRunner:
             logits = self._decode_graph(batch.seqs, ids, positions)
         else:
             plan = StepPlan(ids, positions, spans, [row for _, row in sampling])
-            if self.model.tp is not None:
-                self.model.tp.send(plan)  # the followers run this same forward on their shards
-            logits = forward_step(self.model, self.cache, plan)
+            tp = self.model.tp
+            if tp is None:
+                logits = forward_step(self.model, self.cache, plan)
+            else:
+                with tp.whole_step():
+                    tp.send(plan)  # the followers run this same forward on their shards
+                    logits = forward_step(self.model, self.cache, plan)
             if logits is None:
                 return []
         seqs = [seq for seq, _ in sampling]

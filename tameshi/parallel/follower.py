@@ -41,9 +41,13 @@ def follow(model: LlamaForCausalLM) -> None:
 def main(argv: list[str]) -> None:
     """`python -m tameshi.parallel.follower MODEL DEVICE DTYPE`, started by rank 0 (launch.py)."""
     import os
+    import signal
 
     from tameshi.api import LLM
 
+    # Ctrl-C in the terminal reaches the whole process group: rank 0 handles it (stopping an
+    # answer, or closing, which stops us); a follower interrupted mid-step would hang rank 0.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     model, device, dtype = argv
     # LLM() on a follower rank loads its shard, follows rank 0 and exits: it never returns
     LLM(model, device=device, dtype=dtype or None, progress=False, tp=int(os.environ["WORLD_SIZE"]))

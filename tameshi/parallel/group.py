@@ -9,6 +9,10 @@ idle, where an NCCL broadcast would spin a GPU kernel and trip NCCL's watchdog t
 from __future__ import annotations
 
 import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -60,6 +64,23 @@ class TensorParallel:
         return torch.cat(parts, dim=-1)
 
     # -- step plans (rank 0 -> the others) -----------------------------------------------------------
+    @contextmanager
+    def whole_step(self) -> Iterator[None]:
+        """Rank 0: hold Ctrl-C back until the step's collectives are done, then raise it. A step
+        left halfway (chat stops an answer with Ctrl-C) would leave the followers inside an
+        all-reduce that rank 0 never joins."""
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signals reach only the main thread
+            return
+        caught: list[int] = []
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        if caught:
+            raise KeyboardInterrupt
+
     def send(self, message: Any) -> None:
         """Rank 0: hand `message` to every follower (a pickled object over the gloo group)."""
         dist.broadcast_object_list([message], src=0, group=self.control)
