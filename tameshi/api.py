@@ -60,10 +60,22 @@ class LLM:
         progress: bool = True,
         engine_config: EngineConfig | None = None,
         quantize: str | None = None,
+        tp: int = 1,
     ) -> None:
+        """`tp` > 1: tensor parallel over that many processes (GPUs with NCCL; CPU with gloo).
+        This process is rank 0 and starts the others itself; under torchrun every rank runs the same
+        script, and on ranks other than 0 `LLM(...)` never returns: it follows rank 0's steps and
+        exits the process when rank 0 closes."""
         self.loaded: LoadedModel = load_model(
-            model, device=device, dtype=dtype, progress=progress, quantize=quantize
+            model, device=device, dtype=dtype, progress=progress, quantize=quantize, tp=tp
         )
+        launch = self.loaded.launch
+        if launch is not None and not launch.tp.is_leader:
+            from tameshi.parallel.follower import follow
+
+            follow(self.loaded.model)
+            launch.tp.close()
+            raise SystemExit(0)
         self.tokenizer = self.loaded.tokenizer
         self.engine = Engine(self.loaded.model, self.tokenizer, self.loaded.generation_config, engine_config)
         self._async: AsyncEngine | None = None
@@ -80,9 +92,11 @@ class LLM:
         return self._async
 
     def close(self) -> None:
-        """Stop the engine thread, if one was started."""
+        """Stop the engine thread, if one was started, and the other tensor-parallel ranks, if any."""
         if self._async is not None:
             self._async.stop()
+        if self.loaded.launch is not None:
+            self.loaded.launch.shutdown()
 
     # -- parameters ---------------------------------------------------------------------------
     def sampling_params(self, params: Params = None) -> SamplingParams:

@@ -35,6 +35,14 @@ QuantOpt = Annotated[
     ),
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+TpOpt = Annotated[
+    int,
+    typer.Option(
+        "--tp",
+        help="Tensor parallel over N GPUs (NCCL) or N CPU processes (gloo); tameshi starts the ranks, "
+        "or run every rank under torchrun.",
+    ),
+]
 PresetOpt = Annotated[
     str | None, typer.Option(help="Sampling preset: notebook (T 0.7, top_p 0.95, top_k 40, …).")
 ]
@@ -75,10 +83,10 @@ def _params(options: dict[str, Any]) -> SamplingParams:
     return SamplingParams(**base)
 
 
-def _load(model: str | None, device: str | None, dtype: str | None, quantize: str | None):
+def _load(model: str | None, device: str | None, dtype: str | None, quantize: str | None, tp: int = 1):
     from tameshi.api import LLM
 
-    return LLM(model, device=device, dtype=dtype, quantize=quantize)
+    return LLM(model, device=device, dtype=dtype, quantize=quantize, tp=tp)
 
 
 def _stream_answer(chunks, out: Console | None = None) -> tuple[str, str | None]:
@@ -129,11 +137,12 @@ def ask(
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     quantize: QuantOpt = None,
+    tp: TpOpt = 1,
     debug: DebugOpt = False,
 ) -> None:
     """Ask one question and stream the answer to stdout."""
     params = _params(locals())
-    llm = _load(model, device, dtype, quantize)
+    llm = _load(model, device, dtype, quantize, tp)
     resolved = llm.sampling_params(params)
     if raw:
         if show_prompt:
@@ -171,13 +180,14 @@ def chat(
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     quantize: QuantOpt = None,
+    tp: TpOpt = 1,
     debug: DebugOpt = False,
 ) -> None:
     """Multi-turn chat. /reset, /system TEXT, /set PARAM VALUE, /params, /exit. Ctrl-C stops an answer."""
     from tameshi.repl import ChatSession
 
     params = _params(locals())
-    llm = _load(model, device, dtype, quantize)
+    llm = _load(model, device, dtype, quantize, tp)
     ChatSession(llm, params, system, err).run()
 
 
@@ -283,6 +293,7 @@ def bench(
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     quantize: QuantOpt = None,
+    tp: TpOpt = 1,
     debug: DebugOpt = False,
 ) -> None:
     """TTFT, batch-1 and concurrent decode speed, and weight bandwidth against this machine's own."""
@@ -320,7 +331,7 @@ def bench(
         model = str(folder)
     start = time.perf_counter()
     config = EngineConfig(max_num_seqs=max(concurrency, 1))
-    llm = LLM(model, device=device, dtype=dtype, quantize=quantize, engine_config=config)
+    llm = LLM(model, device=device, dtype=dtype, quantize=quantize, engine_config=config, tp=tp)
     load_s = time.perf_counter() - start
     result = run_bench(
         llm, synth_preset or llm.loaded.source.path.name, prompt_len=prompt_len, gen_len=gen_len,

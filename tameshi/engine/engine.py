@@ -70,14 +70,17 @@ class Engine:
         num_blocks = self._pool_blocks(context)
         # A sequence must always fit the pool alone, or preemption could never make room for it.
         self.max_model_len = min(context, num_blocks * config.block_size)
-        self.cache = PagedKVCache(model.config, num_blocks, config.block_size, self.device, self.dtype)
+        # rank_config: under tensor parallel this rank's KV heads only (else the model's config)
+        self.cache = PagedKVCache(model.rank_config, num_blocks, config.block_size, self.device, self.dtype)
+        if model.tp is not None:  # the followers' pools mirror this one, slot for slot
+            model.tp.send(("cache", num_blocks, config.block_size))
         self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(
             SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens), self.blocks
         )
         self.runner = ModelRunner(model, self.cache, self._decode_graphs())
         self._ids = itertools.count()
-        gib = num_blocks * config.block_size * kv_bytes_per_token(model.config, self.dtype) / 2**30
+        gib = num_blocks * config.block_size * kv_bytes_per_token(model.rank_config, self.dtype) / 2**30
         log.info(
             "KV cache: %d blocks x %d tokens = %d tokens (%.2f GiB) on %s",
             num_blocks, config.block_size, num_blocks * config.block_size, gib, self.device,
@@ -85,9 +88,12 @@ class Engine:
 
     def _decode_graphs(self):
         # fp32 stays on the eager PyTorch path (the exact reference); dynamic RoPE reads positions on
-        # the host, which a graph cannot.
+        # the host, which a graph cannot. Tensor parallel runs eagerly too: the followers' forward is
+        # eager, and NCCL collectives inside graphs are not done yet.
         c = self.config
         if not c.cuda_graphs or self.device.type != "cuda" or self.dtype == torch.float32:
+            return None
+        if self.model.tp is not None:
             return None
         if self.model.config.rope.type == "dynamic":
             return None
@@ -99,7 +105,7 @@ class Engine:
         c = self.config
         if c.num_kv_blocks is not None:
             return c.num_kv_blocks
-        per_block = c.block_size * kv_bytes_per_token(self.model.config, self.dtype)
+        per_block = c.block_size * kv_bytes_per_token(self.model.rank_config, self.dtype)
         if self.device.type == "cuda":
             free, total = torch.cuda.mem_get_info(self.device)
             budget = free - (1 - c.gpu_memory_utilization) * total

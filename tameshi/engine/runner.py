@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -14,6 +15,26 @@ from tameshi.model.llama import LlamaForCausalLM
 
 if TYPE_CHECKING:  # Triton is imported only where graphs are made (CUDA)
     from tameshi.engine.cuda_graphs import DecodeGraphs
+
+
+@dataclass
+class StepPlan:
+    """What every rank needs to run one step's forward (tensor parallel sends it to the followers)."""
+
+    ids: list[int]
+    positions: list[int]
+    spans: list[tuple[list[int], int, int]]  # per sequence: block table, first new position, new tokens
+    rows: list[int]  # rows of the batch whose logits are needed
+
+
+def forward_step(model: LlamaForCausalLM, cache: PagedKVCache, plan: StepPlan) -> torch.Tensor | None:
+    """The eager forward of one step: logits [len(plan.rows), vocab], or None when no row is sampled."""
+    device = cache.device
+    cache.prepare(plan.spans)
+    hidden = model(torch.tensor(plan.ids, device=device), torch.tensor(plan.positions, device=device), cache)
+    if not plan.rows:
+        return None
+    return model.compute_logits(hidden[torch.tensor(plan.rows, device=device)])
 
 
 class ModelRunner:
@@ -43,14 +64,16 @@ class ModelRunner:
         if self.graphs is not None and len(ids) == len(batch.seqs) and self.graphs.fits(len(ids)):
             logits = self._decode_graph(batch.seqs, ids, positions)
         else:
-            self.cache.prepare(spans)
-            hidden = self.model(
-                torch.tensor(ids, device=self.device), torch.tensor(positions, device=self.device), self.cache
-            )
-            if not sampling:
+            plan = StepPlan(ids, positions, spans, [row for _, row in sampling])
+            tp = self.model.tp
+            if tp is None:
+                logits = forward_step(self.model, self.cache, plan)
+            else:
+                with tp.whole_step():
+                    tp.send(plan)  # the followers run this same forward on their shards
+                    logits = forward_step(self.model, self.cache, plan)
+            if logits is None:
                 return []
-            rows = torch.tensor([row for _, row in sampling], device=self.device)
-            logits = self.model.compute_logits(hidden[rows])
         seqs = [seq for seq, _ in sampling]
         tokens = self.sampler(
             logits,

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 
 from tameshi.model.config import ModelConfig
 from tameshi.model.llama import LlamaForCausalLM
+
+if TYPE_CHECKING:
+    from tameshi.parallel.group import TensorParallel
 
 
 def build_model(
@@ -16,11 +20,12 @@ def build_model(
     device: torch.device,
     dtype: torch.dtype,
     progress: bool = False,
+    tp: TensorParallel | None = None,
 ) -> LlamaForCausalLM:
     # Built on the meta device, then given real (uninitialised) memory on the target device only:
-    # no host copy of the whole model ever exists.
+    # no host copy of the whole model ever exists. Under tensor parallel, only this rank's shard.
     with torch.device("meta"):
-        model = LlamaForCausalLM(config).to(dtype)
+        model = LlamaForCausalLM(config, tp).to(dtype)
     model = model.to_empty(device=device)
     model.load_weights(_with_progress(tensors, len(model.expected_tensors()), progress))
     return model.eval()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -19,6 +20,9 @@ from tameshi.model.linear import AWQLinear
 from tameshi.model.llama import LlamaForCausalLM
 from tameshi.tokenizer import Tokenizer
 
+if TYPE_CHECKING:
+    from tameshi.parallel.launch import Launch
+
 
 @dataclass
 class LoadedModel:
@@ -31,6 +35,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     quantize: str | None = None
+    launch: Launch | None = None  # tensor parallel: this process's rank and the others' processes
 
 
 def pick_device(device: str | torch.device | None) -> torch.device:
@@ -65,10 +70,17 @@ def load_model(
     dtype: str | torch.dtype | None = None,
     progress: bool = True,
     quantize: str | None = None,
+    tp: int = 1,
 ) -> LoadedModel:
-    """`quantize="int8"|"int4"`: weight-only at run time, an opt-in CPU speed mode (numbers change slightly)."""
+    """`quantize="int8"|"int4"`: weight-only at run time, an opt-in CPU speed mode (numbers change slightly).
+
+    `tp` > 1: this process becomes one rank of a tensor-parallel model and loads only its shard
+    (tameshi.parallel.launch: under torchrun it is the rank torchrun says; otherwise rank 0, and
+    it starts the other ranks itself)."""
     if quantize not in (None, "int8", "int4"):
         raise InvalidRequestError(f"unknown run-time quantization {quantize!r}; choose int8 or int4")
+    if tp > 1 and quantize is not None:
+        raise InvalidRequestError("run-time --quantize does not combine with --tp; use an AWQ checkpoint")
     source = resolve(name)
     dev = pick_device(device)
     if source.kind == "gguf":
@@ -88,7 +100,18 @@ def load_model(
         template_origin = "tokenizer_config.json"
     config = ModelConfig.from_hf(raw_config)
     dt = pick_dtype(dtype, dev, config)
-    model = build_model(config, tensors, dev, dt, progress=progress)
+    launch = None
+    if tp > 1:
+        launch = _start_tensor_parallel(config, tp, dev, source, dt)
+        dev, progress = launch.tp.device, progress and launch.tp.is_leader
+    try:
+        model = build_model(config, tensors, dev, dt, progress=progress, tp=launch and launch.tp)
+        if launch is not None:
+            launch.connect()
+    except BaseException:
+        if launch is not None:
+            launch.abort()  # the followers this rank started would wait for it forever
+        raise
     if quantize is not None:
         if dev.type != "cpu":
             raise InvalidRequestError(f"run-time {quantize} is a CPU mode; on a GPU use an AWQ checkpoint")
@@ -101,7 +124,22 @@ def load_model(
         template = resolve_chat_template(tokenizer, origin=template_origin)
     except TemplateError:
         template = None  # raw generate() still works; chat() says why it cannot
-    return LoadedModel(model, config, tokenizer, template, generation_config, source, dev, dt, quantize)
+    return LoadedModel(
+        model, config, tokenizer, template, generation_config, source, dev, dt, quantize, launch
+    )
+
+
+def _start_tensor_parallel(
+    config: ModelConfig, tp: int, device: torch.device, source: ModelSource, dtype: torch.dtype
+) -> Launch:
+    from tameshi.parallel.launch import Launch
+    from tameshi.parallel.shard import check_shardable
+
+    check_shardable(config, tp)  # before any process starts
+    launch = Launch(tp, device)
+    if launch.tp.is_leader and not launch.under_torchrun:
+        launch.spawn(str(source.path), str(dtype).removeprefix("torch."))
+    return launch
 
 
 def _read_json(path: Path, missing_ok: bool = False) -> dict:

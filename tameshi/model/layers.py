@@ -8,7 +8,7 @@ business of the `AttentionBackend` passed in by the engine; the model knows noth
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +16,9 @@ from torch import nn
 
 from tameshi.model.config import ModelConfig, RopeConfig
 from tameshi.model.linear import make_linear
+
+if TYPE_CHECKING:
+    from tameshi.parallel.group import TensorParallel
 
 
 class AttentionBackend(Protocol):
@@ -129,9 +132,13 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig, layer: int) -> None:
+    """`config` gives this rank's heads; under tensor parallel (`tp`) o_proj's partial sums are
+    all-reduced: the block's one collective."""
+
+    def __init__(self, config: ModelConfig, layer: int, tp: TensorParallel | None = None) -> None:
         super().__init__()
         self.layer = layer
+        self.tp = tp
         self.n_heads = config.n_heads
         self.n_kv_heads = config.n_kv_heads
         self.head_dim = config.head_dim
@@ -162,13 +169,16 @@ class Attention(nn.Module):
         qk = fused.rope_(qk, cos, sin) if fused is not None else apply_rope(qk, cos, sin)
         q, k = qk.split([self.n_heads, self.n_kv_heads], dim=1)
         v = qkv[:, self.q_size + self.kv_size :].view(t, self.n_kv_heads, self.head_dim)
-        out = backend.attend(self.layer, q, k, v)
-        return self.o_proj(out.reshape(t, self.q_size))
+        out = self.o_proj(backend.attend(self.layer, q, k, v).reshape(t, self.q_size))
+        return out if self.tp is None else self.tp.all_reduce(out)
 
 
 class MLP(nn.Module):
-    def __init__(self, config: ModelConfig, layer: int) -> None:
+    """Under tensor parallel, this rank's slice of the intermediate features; one all-reduce."""
+
+    def __init__(self, config: ModelConfig, layer: int, tp: TensorParallel | None = None) -> None:
         super().__init__()
+        self.tp = tp
         self.intermediate_size = config.intermediate_size
         prefix = f"model.layers.{layer}.mlp."
         self.gate_up_proj = make_linear(
@@ -187,6 +197,8 @@ class MLP(nn.Module):
         gate_up = self.gate_up_proj(x)
         fused = _fused_kernels(gate_up)
         if fused is not None and gate_up.dim() == 2:
-            return self.down_proj(fused.silu_mul(gate_up))
-        gate, up = gate_up.split(self.intermediate_size, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+            out = self.down_proj(fused.silu_mul(gate_up))
+        else:
+            gate, up = gate_up.split(self.intermediate_size, dim=-1)
+            out = self.down_proj(F.silu(gate) * up)
+        return out if self.tp is None else self.tp.all_reduce(out)

@@ -4,24 +4,29 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tameshi.errors import CorruptCheckpointError
+from tameshi.errors import CorruptCheckpointError, UnsupportedModelError
 from tameshi.model.config import ModelConfig
 from tameshi.model.layers import MLP, Attention, AttentionBackend, RMSNorm, RotaryEmbedding
 from tameshi.model.linear import Linear, quantize_weight
+from tameshi.parallel.shard import rank_config, shard_tensor
+
+if TYPE_CHECKING:
+    from tameshi.parallel.group import TensorParallel
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, layer: int) -> None:
+    def __init__(self, config: ModelConfig, layer: int, tp: TensorParallel | None = None) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = Attention(config, layer)
+        self.self_attn = Attention(config, layer, tp)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = MLP(config, layer)
+        self.mlp = MLP(config, layer, tp)
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backend: AttentionBackend
@@ -63,14 +68,21 @@ _IGNORED = re.compile(r".*rotary_emb\.inv_freq$")
 
 
 class LlamaForCausalLM(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    """`tp`: this process is one rank of a tensor-parallel model (tameshi.parallel); it builds and
+    loads only its shard: `rank_config` holds its shapes (heads, KV heads, MLP width, vocabulary
+    divided by the world size), `config` the whole model's."""
+
+    def __init__(self, config: ModelConfig, tp: TensorParallel | None = None) -> None:
         super().__init__()
         self.config = config
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.tp = tp
+        self.rank_config = config if tp is None else rank_config(config, tp.world)
+        rc = self.rank_config
+        self.embed_tokens = nn.Embedding(rc.vocab_size, config.hidden_size)
         self.rotary = RotaryEmbedding(config)
-        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.n_layers))
+        self.layers = nn.ModuleList(DecoderLayer(rc, i, tp) for i in range(config.n_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.lm_head = None if config.tie_word_embeddings else Linear(config.hidden_size, [config.vocab_size])
+        self.lm_head = None if config.tie_word_embeddings else Linear(config.hidden_size, [rc.vocab_size])
         for p in self.parameters():
             p.requires_grad_(False)
 
@@ -78,7 +90,7 @@ class LlamaForCausalLM(nn.Module):
         self, input_ids: torch.Tensor, positions: torch.Tensor, backend: AttentionBackend
     ) -> torch.Tensor:
         """input_ids, positions [T] -> final hidden states [T, hidden] (normed)."""
-        x = self.embed_tokens(input_ids)
+        x = self.embed_tokens(input_ids) if self.tp is None else self._embed_vocab_parallel(input_ids)
         cos, sin = self.rotary(positions, x.dtype)
         delta = None
         for layer in self.layers:
@@ -87,6 +99,8 @@ class LlamaForCausalLM(nn.Module):
 
     def quantize(self, method: str) -> None:
         """Opt-in CPU speed mode: every projection and the head weight-only "int8" or "int4"."""
+        if self.tp is not None:
+            raise UnsupportedModelError("run-time --quantize does not combine with --tp")
         for module in self.modules():
             if isinstance(module, Linear):
                 module.quantize(method)
@@ -96,10 +110,20 @@ class LlamaForCausalLM(nn.Module):
             self.lm_head.weight = None
             self.lm_head.packed = quantize_weight(self.embed_tokens.weight.data, method)
 
+    def _embed_vocab_parallel(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """This rank holds rows [rank * n, (rank + 1) * n) of the table: it looks up its own ids,
+        zeros the others' rows, and the all-reduce fills them in."""
+        n = self.embed_tokens.weight.shape[0]
+        local = input_ids - self.tp.rank * n
+        outside = (local < 0) | (local >= n)
+        x = self.embed_tokens(local.masked_fill(outside, 0)).masked_fill(outside[:, None], 0.0)
+        return self.tp.all_reduce(x)
+
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        if self.lm_head is None:
-            return F.linear(hidden, self.embed_tokens.weight)
-        return self.lm_head(hidden)
+        tied = self.lm_head is None
+        logits = F.linear(hidden, self.embed_tokens.weight) if tied else self.lm_head(hidden)
+        # tensor parallel: each rank scored its slice of the vocabulary
+        return logits if self.tp is None else self.tp.all_gather_last(logits)
 
     def load_weights(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy checkpoint tensors (HF names) into the already materialised parameters."""
@@ -109,6 +133,8 @@ class LlamaForCausalLM(nn.Module):
                 continue
             if name == "lm_head.weight" and self.lm_head is None:
                 continue  # tied: the embedding is the head
+            if self.tp is not None:  # only this rank's slice is copied (and, from a mmap, read)
+                tensor = shard_tensor(name, tensor, self.tp.rank, self.tp.world)
             self._load_one(name, tensor)
             loaded.add(name)
         missing = [n for n in self.expected_tensors() if n not in loaded]

@@ -1,0 +1,57 @@
+"""Ranks 1 .. world-1: run the forward of each step rank 0 plans, until it says stop.
+
+Rank 0 owns everything but the matmuls: scheduling, the block manager and its prefix cache,
+tokenization, sampling and I/O. Before each forward it broadcasts the step's plan (token ids,
+positions, per-sequence block table / start / length spans, and the rows whose logits it needs), and
+every rank runs the same forward on it, so each follower's KV pool holds its heads of the same
+slots. Only rank 0 samples: the logits are gathered on every rank (the gather is part of the
+forward), but sampling state (seeded generators, penalties, stop strings) lives with rank 0's
+sequences alone, so there is nothing to keep in step. This is the simplest design that is exactly
+tp=1's engine on rank 0; its cost is one small pickled message per step on the gloo control group.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from tameshi.engine.paged_cache import PagedKVCache
+from tameshi.engine.runner import StepPlan, forward_step
+from tameshi.model.llama import LlamaForCausalLM
+
+
+@torch.inference_mode()
+def follow(model: LlamaForCausalLM) -> None:
+    """Serve rank 0's steps with this rank's shard of `model`; returns when rank 0 closes."""
+    tp = model.tp
+    cache: PagedKVCache | None = None
+    device, dtype = model.embed_tokens.weight.device, model.embed_tokens.weight.dtype
+    while True:
+        message = tp.receive()
+        if message is None:
+            return
+        if isinstance(message, StepPlan):
+            forward_step(model, cache, message)
+        else:  # ("cache", num_blocks, block_size): rank 0's engine sized its pool; ours matches it
+            _, num_blocks, block_size = message
+            cache = PagedKVCache(model.rank_config, num_blocks, block_size, device, dtype)
+
+
+def main(argv: list[str]) -> None:
+    """`python -m tameshi.parallel.follower MODEL DEVICE DTYPE`, started by rank 0 (launch.py)."""
+    import os
+    import signal
+
+    from tameshi.api import LLM
+
+    # Ctrl-C in the terminal reaches the whole process group: rank 0 handles it (stopping an
+    # answer, or closing, which stops us); a follower interrupted mid-step would hang rank 0.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    model, device, dtype = argv
+    # LLM() on a follower rank loads its shard, follows rank 0 and exits: it never returns
+    LLM(model, device=device, dtype=dtype or None, progress=False, tp=int(os.environ["WORLD_SIZE"]))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

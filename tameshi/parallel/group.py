@@ -1,0 +1,91 @@
+"""The ranks of one tensor-parallel model: who this process is, and the collectives its layers call.
+
+Two process groups: the data group (NCCL on CUDA, gloo on CPU) carries the all-reduces and the
+logits gather inside a forward; a gloo group carries rank 0's step plans. The plans go over gloo even
+on CUDA because followers wait on them between requests, possibly for hours: a CPU socket waits
+idle, where an NCCL broadcast would spin a GPU kernel and trip NCCL's watchdog timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+# Followers may wait this long for rank 0's next step (an idle chat or server).
+IDLE_TIMEOUT = timedelta(days=30)
+
+
+@dataclass
+class TensorParallel:
+    rank: int
+    world: int
+    device: torch.device
+    control: Any = field(default=None, repr=False)  # the gloo group for step plans, once connected
+
+    @property
+    def is_leader(self) -> bool:
+        return self.rank == 0
+
+    def connect(self, store: dist.Store | None = None) -> None:
+        """Join the process groups (all ranks at once): from `store`, or from torchrun's env://."""
+        backend = "nccl" if self.device.type == "cuda" else "gloo"
+        if backend == "nccl":
+            # NVLink SHARP multicast stays off: the lent multi-GPU machines require it (KINDS.md).
+            os.environ["NCCL_NVLS_ENABLE"] = "0"
+            torch.cuda.set_device(self.device)
+        init = {"store": store} if store is not None else {"init_method": "env://"}
+        dist.init_process_group(backend, rank=self.rank, world_size=self.world, **init)
+        self.control = dist.new_group(backend="gloo", timeout=IDLE_TIMEOUT)
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        self.control = None
+
+    # -- inside a forward (every rank) ---------------------------------------------------------------
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum x over the ranks, in place."""
+        dist.all_reduce(x)
+        return x
+
+    def all_gather_last(self, x: torch.Tensor) -> torch.Tensor:
+        """Each rank's x [.., n] side by side in rank order: [.., world * n]."""
+        parts = [torch.empty_like(x) for _ in range(self.world)]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=-1)
+
+    # -- step plans (rank 0 -> the others) -----------------------------------------------------------
+    @contextmanager
+    def whole_step(self) -> Iterator[None]:
+        """Rank 0: hold Ctrl-C back until the step's collectives are done, then raise it. A step
+        left halfway (chat stops an answer with Ctrl-C) would leave the followers inside an
+        all-reduce that rank 0 never joins."""
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signals reach only the main thread
+            return
+        caught: list[int] = []
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        if caught:
+            raise KeyboardInterrupt
+
+    def send(self, message: Any) -> None:
+        """Rank 0: hand `message` to every follower (a pickled object over the gloo group)."""
+        dist.broadcast_object_list([message], src=0, group=self.control)
+
+    def receive(self) -> Any:
+        box = [None]
+        dist.broadcast_object_list(box, src=0, group=self.control)
+        return box[0]

@@ -1,0 +1,162 @@
+"""Tensor parallel (tameshi.parallel): tp=2 over gloo on CPU gives tp=1's logits and greedy tokens.
+
+The tp=2 runs start a second process (rank 1) the way `--tp 2` does; one more test runs every rank
+under torchrun. The shard arithmetic is checked on its own first: AWQ groups stay whole per rank.
+"""
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tameshi import LLM, SamplingParams
+from tameshi.engine.runner import StepPlan, forward_step
+from tameshi.errors import InvalidRequestError, UnsupportedModelError
+from tameshi.loading.awq import dequantize_gemm
+from tameshi.model.config import ModelConfig
+from tameshi.parallel.shard import check_shardable, shard_tensor
+from tameshi.quantize.synth import synth
+
+FIXTURE_TOKENIZER = Path(__file__).parent / "fixtures" / "deepseek-llm"
+PROMPTS = ["Hello there", "The capital of France is a city that"]
+GREEDY = SamplingParams(max_new_tokens=12, min_new_tokens=12, do_sample=False)
+AWQ_TINY = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 128, "intermediate_size": 256,
+    "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 2, "vocab_size": 512,
+    "max_position_embeddings": 256,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def fp_dir(tmp_path_factory):
+    """A tiny random GQA Llama (8 heads, 2 KV heads) with the DeepSeek-LLM fixture tokenizer."""
+    transformers = pytest.importorskip("transformers")
+    folder = tmp_path_factory.mktemp("tp-fp")
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        shutil.copy(FIXTURE_TOKENIZER / name, folder / name)
+    cfg = transformers.LlamaConfig(
+        hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=8,
+        num_key_value_heads=2, vocab_size=512, max_position_embeddings=512, initializer_range=0.2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def awq_dir(tmp_path_factory):
+    """A tiny synthetic AutoAWQ GEMM checkpoint, group size 32: o_proj and down_proj split along K
+    into 64 and 128 rows per rank, whole groups each."""
+    folder = tmp_path_factory.mktemp("tp-awq")
+    (folder / "config.json").write_text(json.dumps(AWQ_TINY))
+    return synth(str(folder / "config.json"), folder / "out", quant="awq", group_size=32)
+
+
+def last_logits(llm: LLM, ids: list[int]) -> torch.Tensor:
+    """Logits of the last prompt position through the engine's own step (every rank runs it)."""
+    engine = llm.engine
+    table = list(range(-(-len(ids) // engine.cache.block_size)))  # a fresh engine: nothing cached there
+    plan = StepPlan(ids, list(range(len(ids))), [(table, 0, len(ids))], [len(ids) - 1])
+    if engine.model.tp is not None:
+        engine.model.tp.send(plan)
+    with torch.inference_mode():
+        return forward_step(engine.model, engine.cache, plan)[0]
+
+
+def check_tp_equals_single(folder: Path, device: str = "cpu", dtype: str = "float32") -> None:
+    """tp=2 against tp=1: logits close, and in float32 (sums in another order, but no half-precision
+    rounding to flip a near tie) the same greedy tokens for a batch of two prompts."""
+    single = LLM(str(folder), device=device, dtype=dtype, progress=False)
+    ids = single.tokenizer.encode(PROMPTS[1], add_special_tokens=True)
+    want_logits = last_logits(single, ids).float()
+    exact = dtype == "float32"
+    want = [c.token_ids for c in single.generate(PROMPTS, GREEDY)] if exact else None
+    del single
+    parallel = LLM(str(folder), device=device, dtype=dtype, progress=False, tp=2)
+    try:
+        model = parallel.loaded.model
+        # rank 0 holds only its shard: half the vocabulary, the heads, the KV pool's heads
+        assert model.embed_tokens.weight.shape[0] == model.config.vocab_size // 2
+        assert model.rank_config.n_kv_heads == model.config.n_kv_heads // 2
+        assert parallel.engine.cache.k.shape[2] == model.config.n_kv_heads // 2
+        got_logits = last_logits(parallel, ids).float()
+        if exact:
+            torch.testing.assert_close(got_logits, want_logits, atol=1e-4, rtol=1e-4)
+            assert [c.token_ids for c in parallel.generate(PROMPTS, GREEDY)] == want
+        else:
+            assert ((got_logits - want_logits).norm() / want_logits.norm()).item() < 2e-2
+    finally:
+        parallel.close()
+
+
+def test_awq_shards_keep_groups_whole(awq_dir):
+    """Each rank's dequantized AWQ shard equals its slice of the whole dequantized weight."""
+    from safetensors import safe_open
+
+    with safe_open(str(next(awq_dir.glob("*.safetensors"))), "pt") as f:
+        for proj, split_dim in (("self_attn.k_proj", 1), ("mlp.down_proj", 0)):  # column: N, row: K
+            name = f"model.layers.0.{proj}."
+            full = {k: f.get_tensor(name + k) for k in ("qweight", "qzeros", "scales")}
+            whole = dequantize_gemm(full["qweight"], full["qzeros"], full["scales"], 32)  # [K, N]
+            for rank in range(2):
+                part = {k: shard_tensor(name + k, t, rank, 2) for k, t in full.items()}
+                got = dequantize_gemm(part["qweight"], part["qzeros"], part["scales"], 32)
+                torch.testing.assert_close(got, whole.chunk(2, dim=split_dim)[rank], atol=0, rtol=0)
+
+
+def test_unshardable_models_are_refused_in_one_line(awq_dir):
+    base = ModelConfig.from_hf(dict(AWQ_TINY, num_key_value_heads=1))
+    with pytest.raises(UnsupportedModelError, match="num_key_value_heads 1 is not divisible by --tp 2"):
+        check_shardable(base, 2)
+    with pytest.raises(UnsupportedModelError, match="num_attention_heads 8 is not divisible by --tp 3"):
+        check_shardable(base, 3)
+    ok = ModelConfig.from_hf(json.loads((awq_dir / "config.json").read_text()))
+    check_shardable(ok, 2)
+    for key, bad in (("vocab_size", 511), ("intermediate_size", 255)):
+        with pytest.raises(UnsupportedModelError, match=f"{key} {bad} is not divisible by --tp 2"):
+            check_shardable(dataclasses.replace(ok, **{key: bad}), 2)
+    # o_proj has 128 inputs: 64 per rank cannot hold whole groups of 128
+    big_groups = dataclasses.replace(ok, awq=dataclasses.replace(ok.awq, group_size=128))
+    with pytest.raises(
+        UnsupportedModelError, match="o_proj has 128 inputs in groups of 128: --tp 2 would split"
+    ):
+        check_shardable(big_groups, 2)
+    with pytest.raises(InvalidRequestError, match="does not combine with --tp"):
+        LLM(str(awq_dir), progress=False, tp=2, quantize="int8")
+
+
+def test_tp2_equals_tp1_fp32_gqa(fp_dir):
+    check_tp_equals_single(fp_dir)
+
+
+def test_tp2_equals_tp1_awq(awq_dir):
+    check_tp_equals_single(awq_dir)
+
+
+def test_cli_under_torchrun_equals_tp1(fp_dir):
+    """Every rank runs `tameshi ask --tp 2` (env:// rendezvous); rank 0 alone prints the answer."""
+    args = ["ask", "--raw", "--greedy", "-n", "8", "--min-new-tokens", "8", "--device", "cpu"]
+    args += ["--model", str(fp_dir), PROMPTS[0]]
+    single = subprocess.run([sys.executable, "-m", "tameshi", *args], capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    run = subprocess.run(
+        [*torchrun, "-m", "tameshi", *args, "--tp", "2"], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == single.stdout
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("checkpoint", ["fp", "awq"])
+def test_tp2_equals_tp1_on_two_gpus(checkpoint, dtype, fp_dir, awq_dir):
+    """NCCL across two GPUs: float32 runs the PyTorch path (exact tokens); float16 the Triton kernels
+    (the AWQ ones on each rank's half of N or K), held to close logits."""
+    check_tp_equals_single(fp_dir if checkpoint == "fp" else awq_dir, device="cuda", dtype=dtype)
