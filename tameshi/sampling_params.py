@@ -67,6 +67,9 @@ class SamplingParams:
     min_new_tokens: int | None = (
         None  # EOS/stop ids are masked until this many tokens exist (HF MinNewTokens)
     )
+    # Log-probabilities of each new token from the raw logits (before any processor, as OpenAI and vLLM
+    # report them), plus this many top alternatives; 0: the chosen token's only; None: none at all.
+    logprobs: int | None = None
     # HF spellings, folded into `stop` / `stop_token_ids` by __post_init__ and then cleared, so that two
     # params meaning the same thing compare equal. Unlike HF, eos_token_id adds stop ids rather than
     # replacing the model's EOS: notebooks pass the tokenizer's EOS here, which is the same id anyway.
@@ -101,6 +104,8 @@ class SamplingParams:
         _require("max_new_tokens", n, n is None or (_is_int(n) and n >= 1), "an integer >= 1")
         n = self.min_new_tokens
         _require("min_new_tokens", n, n is None or (_is_int(n) and n >= 0), "an integer >= 0")
+        n = self.logprobs
+        _require("logprobs", n, n is None or (_is_int(n) and n >= 0), "an integer >= 0")
         s = self.seed
         _require("seed", s, s is None or (_is_int(s) and _SEED_MIN <= s <= _SEED_MAX), "an integer")
         for name in ("do_sample", "ignore_eos", "skip_special_tokens"):
