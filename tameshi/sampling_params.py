@@ -48,6 +48,7 @@ _FROM_GENERATION_CONFIG = (
 )
 # torch.Generator.manual_seed accepts exactly this range; outside it the request would crash mid-batch.
 _SEED_MIN, _SEED_MAX = -(2**63), 2**64 - 1
+_GREEDY_BELOW = 1e-5  # vLLM's _SAMPLING_EPS
 
 
 @dataclass(frozen=True)
@@ -124,8 +125,10 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        # temperature 0 means greedy (OpenAI/vLLM convention); HF would reject it with do_sample=True
-        return not self.do_sample or self.temperature == 0
+        # temperature 0 means greedy (OpenAI/vLLM convention); HF would reject it with do_sample=True.
+        # Below vLLM's epsilon too: dividing by 1e-30 (or by a float64 that is 0 in float32) sends the
+        # logits to inf and the softmax to NaN, where greedy is the limit the user was asking for.
+        return not self.do_sample or self.temperature < _GREEDY_BELOW
 
 
 def _require(name: str, value: object, ok: bool, allowed: str) -> None:

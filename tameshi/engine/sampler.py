@@ -55,7 +55,7 @@ class Sampler:
         sampled = [i for i, p in enumerate(params) if not p.greedy]
         if not sampled:
             return ids
-        probs = scores.softmax(dim=-1)
+        probs = _finite_rows(scores.softmax(dim=-1), ids)
         unseeded = [i for i in sampled if generators[i] is None]
         if unseeded:
             # one draw for all unseeded rows from the global generator instead of a kernel per row
@@ -67,6 +67,15 @@ class Sampler:
                 # random numbers as HF's torch.multinomial(probs, 1) for one prompt, so ids match
                 ids[i : i + 1] = torch.multinomial(probs[i : i + 1], 1, generator=generators[i]).squeeze(1)
         return ids
+
+
+def _finite_rows(probs: torch.Tensor, fallback_ids: torch.Tensor) -> torch.Tensor:
+    """Rows holding NaN or inf (a penalty of 1e-40 overflowing the scores, NaN logits from an fp16
+    model) draw their argmax instead of raising in torch.multinomial, which would end the engine loop
+    for every request (reliability.md §3.9). Branch-free, so the GPU path gains no host sync."""
+    bad = ~torch.isfinite(probs).all(dim=-1, keepdim=True)
+    one_hot = torch.nn.functional.one_hot(fallback_ids, probs.shape[-1]).to(probs.dtype)
+    return torch.where(bad, one_hot, probs)
 
 
 def token_logprobs(
