@@ -56,6 +56,23 @@ def wait_for_idle(llm, seconds: float = 10.0) -> None:
 def test_models_lists_the_served_model(client):
     models = client.models.list()
     assert [m.id for m in models.data] == [MODEL]
+    assert client.models.retrieve(MODEL).id == MODEL
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4o")
+
+
+def test_a_body_is_read_as_json_whatever_its_content_type(http):
+    """`curl -d` sends form encoding unless told otherwise; the body is JSON all the same."""
+    body = json.dumps({"prompt": "Hi", "max_tokens": 2}).encode()
+    for content_type in ("application/x-www-form-urlencoded", "text/plain", None):
+        headers = {"Content-Type": content_type} if content_type else {}
+        r = http.post("/v1/completions", content=body, headers=headers)
+        assert r.status_code == 200, (content_type, r.text)
+        assert r.json()["usage"]["completion_tokens"] >= 1
+    r = http.post(
+        "/v1/completions", content=b"prompt=Hi", headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
 
 
 def test_chat_equals_the_python_api(client, server_llm):

@@ -1,8 +1,9 @@
 """The FastAPI app: OpenAI's routes over one served model, plus /health and /metrics.
 
-A request passes: API key (auth.py) -> body size (body_limit.py) -> schema (schemas.py) -> server
-limits (params.py) -> prompt encoding, off the event loop (the template sandbox may take up to its
-deadline) -> context check -> admission -> the engine (generation.py) -> JSON or SSE.
+A request passes: API key (auth.py) -> body size (body_limit.py) -> read as JSON (json_body.py) ->
+schema (schemas.py) -> server limits (params.py) -> prompt encoding, off the event loop (the template
+sandbox may take up to its deadline) -> context check -> admission -> the engine (generation.py) ->
+JSON or SSE.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from tameshi.server.body_limit import BodyLimitMiddleware
 from tameshi.server.config import ServerConfig, served_model_name
 from tameshi.server.errors import APIError, error_response, from_exception, install_handlers
 from tameshi.server.generation import Choice, ChoiceRun, collect
+from tameshi.server.json_body import JSONBodyMiddleware
 from tameshi.server.metrics import Metrics, RequestCounter
 from tameshi.server.responses import Envelope, chat_completion, dumps, text_completion
 from tameshi.server.schemas import ChatCompletionRequest, CompletionRequest
@@ -56,10 +58,20 @@ def create_app(model: LLM | ServedModel, config: ServerConfig | None = None) -> 
         text = metrics.render(served.engine.stats(), served.engine.is_alive, served.name)
         return Response(text, media_type="text/plain; version=0.0.4")
 
+    card = {"id": served.name, "object": "model", "created": served.created, "owned_by": "tameshi"}
+
     @app.get("/v1/models")
     async def models() -> Response:
-        card = {"id": served.name, "object": "model", "created": served.created, "owned_by": "tameshi"}
         return _json({"object": "list", "data": [card]})
+
+    @app.get("/v1/models/{model_id:path}")  # :path, since hub ids hold a slash ("org/name")
+    async def model(model_id: str) -> Response:
+        if model_id != served.name:
+            raise APIError(
+                404, f"The model `{model_id}` does not exist; this server serves `{served.name}`.",
+                param="model", code="model_not_found",
+            )  # fmt: skip
+        return _json(card)
 
     @app.post("/v1/chat/completions")
     @_guarded
@@ -149,6 +161,7 @@ def create_app(model: LLM | ServedModel, config: ServerConfig | None = None) -> 
 
     # Pure ASGI middleware (not @app.middleware, whose wrapping of streamed responses gets in the way of
     # disconnect handling). Added last = outermost: the key is checked before the body is even read.
+    app.add_middleware(JSONBodyMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
     if config.api_key is not None:
         app.add_middleware(APIKeyMiddleware, api_key=config.api_key)
