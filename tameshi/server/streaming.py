@@ -8,12 +8,14 @@ has no choices and the usage; then `data: [DONE]`. An error after the stream beg
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import anyio
 from starlette.responses import StreamingResponse
-from starlette.types import Send
+from starlette.types import Receive, Scope, Send
 
 from tameshi.server.backend import ServedModel
 from tameshi.server.errors import from_exception
@@ -37,6 +39,22 @@ class SSEResponse(StreamingResponse):
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         super().__init__(body, media_type="text/event-stream", headers=headers)
         self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Always race the stream against the client's disconnect, whatever ASGI spec version the server
+        # speaks: from 2.4 on, Starlette notices a gone client only when a write fails, and a request
+        # queued behind others writes nothing until its first token, so it would hold its place (and
+        # then its KV blocks) for nobody.
+        async with anyio.create_task_group() as group:
+
+            async def stream() -> None:
+                with contextlib.suppress(OSError):  # a 2.4 server raises on writing to a closed socket
+                    await self.stream_response(send)
+                group.cancel_scope.cancel()
+
+            group.start_soon(stream)
+            await self.listen_for_disconnect(receive)
+            group.cancel_scope.cancel()
 
     async def stream_response(self, send: Send) -> None:
         try:
