@@ -22,7 +22,9 @@ app = typer.Typer(
 # soft_wrap: an error stays one line however narrow the terminal
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 PRESETS = {"notebook": NOTEBOOK_PRESET}
-_SAMPLING_FIELDS = [f.name for f in dataclasses.fields(SamplingParams) if f.repr]
+# logprobs is an output the API returns, not a way to sample: a terminal answer has nowhere to show it
+NOT_FLAGS = frozenset({"logprobs"})
+_SAMPLING_FIELDS = [f.name for f in dataclasses.fields(SamplingParams) if f.repr and f.name not in NOT_FLAGS]
 
 ModelOpt = Annotated[
     str | None, typer.Option("--model", "-m", help="HF folder, hub id in the local cache, or .gguf file.")
