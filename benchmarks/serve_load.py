@@ -98,15 +98,36 @@ def peer_python(explicit: str | None) -> str | None:
     return python if check.returncode == 0 else None
 
 
-def start_llama_cpp(python: str, gguf: str, threads: int, log) -> Server:
+# `python -m llama_cpp.server` with llama.cpp's extra CPU buffer types (weight repacking, AMX) turned off:
+# the server has no flag for it. Needed where those kernels crash: a source build of 0.3.36 with
+# GGML_NATIVE on an AMX Xeon segfaulted on its first multi-token batch.
+_NO_REPACK = """
+import sys, llama_cpp, llama_cpp.llama
+default = llama_cpp.llama_model_default_params
+def params():
+    p = default()
+    p.use_extra_bufts = False
+    return p
+llama_cpp.llama.llama_cpp.llama_model_default_params = params
+from llama_cpp.server.__main__ import main
+sys.argv[0] = "llama_cpp.server"
+main()
+"""
+
+
+def start_llama_cpp(python: str, gguf: str, threads: int, no_repack: bool, log) -> Server:
     port = _free_port()
-    cmd = [python, "-m", "llama_cpp.server", "--model", gguf, "--host", "127.0.0.1", "--port", str(port),
-           "--n_ctx", "8192", "--n_threads", str(threads), "--n_threads_batch", str(threads)]  # fmt: skip
+    launch = ["-c", _NO_REPACK] if no_repack else ["-m", "llama_cpp.server"]
+    cmd = [python, *launch, "--model", gguf, "--host", "127.0.0.1", "--port", str(port),
+           "--n_ctx", "8192", "--n_threads", str(threads), "--n_threads_batch", str(threads),
+           # by default a new request cuts the stream in progress; queue them instead, as a server should
+           "--interrupt_requests", "False"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     _wait_healthy(proc, url, "/v1/models")
     model = httpx.get(f"{url}/v1/models").json()["data"][0]["id"]
-    return Server("llama-cpp-python server", proc, url, model)
+    name = "llama-cpp-python server" + (" (no repack)" if no_repack else "")
+    return Server(name, proc, url, model)
 
 
 async def one_request(client: httpx.AsyncClient, server: Server, question: str, tokens: int, level: Level):
@@ -120,20 +141,24 @@ async def one_request(client: httpx.AsyncClient, server: Server, question: str, 
     }
     sent = time.perf_counter()
     first, chunks, usage = None, 0, None
-    async with client.stream("POST", "/v1/chat/completions", json=body) as r:
-        if r.status_code != 200:
-            level.failed += 1
-            await r.aread()
-            return
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[len("data: ") :])
-            usage = chunk.get("usage") or usage
-            for choice in chunk.get("choices") or []:
-                if (choice.get("delta") or {}).get("content"):
-                    chunks += 1
-                    first = first or time.perf_counter()
+    try:
+        async with client.stream("POST", "/v1/chat/completions", json=body) as r:
+            if r.status_code != 200:
+                level.failed += 1
+                await r.aread()
+                return
+            async for line in r.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[len("data: ") :])
+                usage = chunk.get("usage") or usage
+                for choice in chunk.get("choices") or []:
+                    if (choice.get("delta") or {}).get("content"):
+                        chunks += 1
+                        first = first or time.perf_counter()
+    except httpx.HTTPError:  # a stream cut short counts as failed, and the run goes on
+        level.failed += 1
+        return
     if first is None:
         level.failed += 1
         return
@@ -196,6 +221,9 @@ def main() -> None:
     ap.add_argument("--quantize", nargs="*", default=[None, "int4"], help="tameshi rows: none, int4, int8")
     ap.add_argument("--peer-python", help="a Python with llama-cpp-python[server] (default: this one)")
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument(
+        "--peer-no-repack", action="store_true", help="turn off llama.cpp's weight repacking (see _NO_REPACK)"
+    )
     ap.add_argument("--log", default=os.devnull, help="where the servers' own output goes")
     args = ap.parse_args()
     from tameshi.loading.default import default_gguf_path
@@ -206,19 +234,26 @@ def main() -> None:
     starters = [lambda log, q=q: start_tameshi(q, log) for q in quantize]
     python = None if args.no_peer else peer_python(args.peer_python)
     if python:
-        starters.append(lambda log: start_llama_cpp(python, gguf, threads, log))
+        starters.append(lambda log: start_llama_cpp(python, gguf, threads, args.peer_no_repack, log))
     rows: list[tuple[str, Level]] = []
+    failures: list[str] = []
     with open(args.log, "a") as log:
         for start in starters:
-            server = start(log)
+            server = None
             try:
+                server = start(log)
                 asyncio.run(run_level(server, 1, 1, 8))  # warm-up: first-request costs out of the numbers
                 for c in args.concurrency:
                     level = asyncio.run(run_level(server, c, args.per_client, args.tokens))
                     rows.append((server.name, level))
                     print(f"  {server.name}, {c} clients: {level.wall_s:.1f} s", file=sys.stderr)
+            except (RuntimeError, httpx.HTTPError) as e:  # a peer that crashes is reported, not fatal
+                exited = server.proc.poll() if server else None
+                name = server.name if server else "a server"
+                failures.append(f"{name} failed: {type(e).__name__}: {e} (process exit code {exited})")
             finally:
-                stop(server)
+                if server is not None:
+                    stop(server)
 
     print(f"\nserve load: {machine()}; streamed chat, greedy, max_tokens {args.tokens}, "
           f"{args.per_client} requests per client; model {os.path.basename(gguf)}")  # fmt: skip
@@ -232,6 +267,8 @@ def main() -> None:
               f"{lv.failed} |")  # fmt: skip
     if any(not lv.tokens_from_usage for _, lv in rows):
         print("* no usage in that server's stream: tokens counted as content chunks (one per token)")
+    for failure in failures:
+        print(failure)
     if python is None and not args.no_peer:
         where = args.peer_python or sys.executable
         print(f"peer not measured: llama-cpp-python's server is not importable by {where} "
