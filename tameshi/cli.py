@@ -1,4 +1,7 @@
-"""`tameshi ask | chat | info | eval | report …`: the terminal way in. Errors print one sentence; --debug shows the traceback."""
+"""`tameshi ask | chat | info | serve | eval | report | quantize | synth | bench`: the terminal way in.
+
+Errors print one sentence; --debug shows the traceback.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from rich.text import Text
 
 from tameshi.errors import TameshiError
 from tameshi.sampling_params import NOTEBOOK_PRESET, SamplingParams
+from tameshi.server.config import ServerConfig
 
 app = typer.Typer(
     add_completion=False,
@@ -21,7 +25,9 @@ app = typer.Typer(
 # soft_wrap: an error stays one line however narrow the terminal
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 PRESETS = {"notebook": NOTEBOOK_PRESET}
-_SAMPLING_FIELDS = [f.name for f in dataclasses.fields(SamplingParams) if f.repr]
+# logprobs is an output the API returns, not a way to sample: a terminal answer has nowhere to show it
+NOT_FLAGS = frozenset({"logprobs"})
+_SAMPLING_FIELDS = [f.name for f in dataclasses.fields(SamplingParams) if f.repr and f.name not in NOT_FLAGS]
 
 ModelOpt = Annotated[
     str | None, typer.Option("--model", "-m", help="HF folder, hub id in the local cache, or .gguf file.")
@@ -209,6 +215,70 @@ def info(
     for key, value in describe(llm).items():
         table.add_row(f"[bold]{key}[/]", str(value))
     Console().print(table)
+
+
+_SERVE = ServerConfig()
+
+
+@app.command()
+def serve(
+    model: ModelOpt = None,
+    host: Annotated[
+        str, typer.Option(help="Address to bind; 0.0.0.0 opens it to the network.")
+    ] = _SERVE.host,
+    port: Annotated[int, typer.Option(help="Port (0: any free one).")] = _SERVE.port,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="TAMESHI_API_KEY", help="Require `Authorization: Bearer KEY` (all but /health)."),
+    ] = None,
+    served_model_name: Annotated[
+        str | None, typer.Option(help="The model name clients send (default: from --model).")
+    ] = None,
+    max_n: Annotated[int, typer.Option(help="Most choices (n x prompts) per request.")] = _SERVE.max_n,
+    max_tokens: Annotated[int, typer.Option(help="Most new tokens per choice.")] = _SERVE.max_tokens,
+    max_prompt_tokens: Annotated[
+        int | None, typer.Option(help="Longest prompt in tokens (default: the context window).")
+    ] = None,
+    max_logprobs: Annotated[int, typer.Option(help="Most top_logprobs per token.")] = _SERVE.max_logprobs,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = _SERVE.max_body_bytes,
+    max_concurrent: Annotated[
+        int, typer.Option(help="Engine requests in flight before 429.")
+    ] = _SERVE.max_concurrent,
+    max_model_len: Annotated[int | None, typer.Option(help="Context window (default: the model's).")] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    quantize: QuantOpt = None,
+    tp: TpOpt = 1,
+    debug: DebugOpt = False,
+) -> None:
+    """Serve the model over OpenAI's API: /v1/chat/completions, /v1/completions, /v1/models, /health, /metrics."""
+    try:
+        from tameshi.server.app import create_app
+        from tameshi.server.launch import serve_forever
+    except ImportError as e:
+        raise TameshiError(
+            f"`tameshi serve` needs the serve extra: pip install 'tameshi[serve]' ({e})"
+        ) from e
+    from tameshi.api import LLM
+    from tameshi.engine.engine import EngineConfig
+    from tameshi.server.config import served_model_name as name_for
+
+    config = ServerConfig(
+        host=host, port=port, api_key=api_key, served_model_name=name_for(model, served_model_name),
+        max_n=max_n, max_tokens=max_tokens, max_prompt_tokens=max_prompt_tokens, max_logprobs=max_logprobs,
+        max_body_bytes=max_body_bytes, max_concurrent=max_concurrent,
+    )  # fmt: skip
+    engine_config = EngineConfig(max_model_len=max_model_len)
+    llm = LLM(model, device=device, dtype=dtype, quantize=quantize, engine_config=engine_config, tp=tp)
+    try:
+        app_ = create_app(llm, config)
+        key = "required" if api_key else "none (use --api-key to require one)"
+        where = f"http://{host}:{port}/v1" if port else f"a free port of {host} (uvicorn names it below)"
+        err.print(f"serving [bold]{config.served_model_name}[/] on {where}  (API key: {key})")
+        serve_forever(app_, host, port, log_level)
+    finally:
+        llm.close()
 
 
 @app.command()

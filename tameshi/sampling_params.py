@@ -48,6 +48,7 @@ _FROM_GENERATION_CONFIG = (
 )
 # torch.Generator.manual_seed accepts exactly this range; outside it the request would crash mid-batch.
 _SEED_MIN, _SEED_MAX = -(2**63), 2**64 - 1
+_GREEDY_BELOW = 1e-5  # vLLM's _SAMPLING_EPS
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,9 @@ class SamplingParams:
     min_new_tokens: int | None = (
         None  # EOS/stop ids are masked until this many tokens exist (HF MinNewTokens)
     )
+    # Log-probabilities of each new token from the raw logits (before any processor, as OpenAI and vLLM
+    # report them), plus this many top alternatives; 0: the chosen token's only; None: none at all.
+    logprobs: int | None = None
     # HF spellings, folded into `stop` / `stop_token_ids` by __post_init__ and then cleared, so that two
     # params meaning the same thing compare equal. Unlike HF, eos_token_id adds stop ids rather than
     # replacing the model's EOS: notebooks pass the tokenizer's EOS here, which is the same id anyway.
@@ -101,6 +105,8 @@ class SamplingParams:
         _require("max_new_tokens", n, n is None or (_is_int(n) and n >= 1), "an integer >= 1")
         n = self.min_new_tokens
         _require("min_new_tokens", n, n is None or (_is_int(n) and n >= 0), "an integer >= 0")
+        n = self.logprobs
+        _require("logprobs", n, n is None or (_is_int(n) and n >= 0), "an integer >= 0")
         s = self.seed
         _require("seed", s, s is None or (_is_int(s) and _SEED_MIN <= s <= _SEED_MAX), "an integer")
         for name in ("do_sample", "ignore_eos", "skip_special_tokens"):
@@ -119,8 +125,10 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        # temperature 0 means greedy (OpenAI/vLLM convention); HF would reject it with do_sample=True
-        return not self.do_sample or self.temperature == 0
+        # temperature 0 means greedy (OpenAI/vLLM convention); HF would reject it with do_sample=True.
+        # Below vLLM's epsilon too: dividing by 1e-30 (or by a float64 that is 0 in float32) sends the
+        # logits to inf and the softmax to NaN, where greedy is the limit the user was asking for.
+        return not self.do_sample or self.temperature < _GREEDY_BELOW
 
 
 def _require(name: str, value: object, ok: bool, allowed: str) -> None:

@@ -57,13 +57,15 @@ def test_every_sampling_field_has_a_flag():
 
     import typer.main
 
-    from tameshi.cli import app
+    from tameshi.cli import NOT_FLAGS, app
     from tameshi.sampling_params import SamplingParams
 
     commands = {c.name: c for c in typer.main.get_command(app).commands.values()}
+    fields = [f.name for f in dataclasses.fields(SamplingParams) if f.repr and f.name not in NOT_FLAGS]
+    assert {f.name for f in dataclasses.fields(SamplingParams)} >= NOT_FLAGS  # names real fields only
     for name in ("ask", "chat", "eval"):
         params = {p.name for p in commands[name].params}
-        missing = [f.name for f in dataclasses.fields(SamplingParams) if f.repr and f.name not in params]
+        missing = [f for f in fields if f not in params]
         assert not missing, (name, missing)
 
 
@@ -73,3 +75,37 @@ def test_quantize_command_writes_an_awq_checkpoint(tmp_path, capsys):
     assert (out / "quant_config.json").is_file() and "wrote" in capsys.readouterr().err
     assert main(["quantize", "-o", str(tmp_path / "bad"), "--group-size", "128"]) == 1
     assert "group size 128" in capsys.readouterr().err
+
+
+def test_serve_wires_its_options_into_the_server():
+    """`tameshi serve` for real: a free port, the API key and a limit from the command line, Ctrl-C."""
+    import re
+    import signal
+
+    import pytest
+
+    httpx = pytest.importorskip("httpx")
+    cmd = [sys.executable, "-m", "tameshi", "serve", "--port", "0", "--api-key", "k3y", "--max-n", "1"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    try:
+        url = None
+        for line in proc.stderr:  # uvicorn names the port the OS picked
+            found = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line)
+            if found:
+                url = found[1]
+                break
+        assert url, "the server never said where it listens"
+        assert httpx.get(f"{url}/health").status_code == 200  # open without the key
+        assert httpx.get(f"{url}/v1/models").status_code == 401
+        key = {"Authorization": "Bearer k3y"}
+        body = {"prompt": "Hi", "max_tokens": 2}
+        r = httpx.post(f"{url}/v1/completions", json={**body, "n": 2}, headers=key)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "n"  # --max-n 1
+        r = httpx.post(f"{url}/v1/completions", json=body, headers=key, timeout=60)
+        assert r.status_code == 200 and r.json()["model"] == "smollm2-135m-instruct"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()

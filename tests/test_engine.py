@@ -194,3 +194,46 @@ def test_async_consumers_on_the_real_engine(llm):
         assert fresh.ask("Hi", SamplingParams(max_new_tokens=4, do_sample=False)).completion_tokens <= 4
     finally:
         fresh.close()
+
+
+def test_logprobs_equal_log_softmax_of_the_models_logits(llm):
+    """Logprobs from batched paged decoding against one plain forward over prompt + answer."""
+    import torch
+
+    from tameshi.engine.kv_cache import ContiguousKVCache
+
+    ps = prompts(llm, 3, seed=5)
+    asks = [
+        greedy(logprobs=4),
+        SamplingParams(max_new_tokens=N_NEW, do_sample=True, temperature=1.3, seed=2, logprobs=0).resolve({}),
+        greedy(),
+    ]
+    engine = make_engine(llm)
+    got: dict[int, list] = {i: [] for i in range(3)}
+    tokens: dict[int, list[int]] = {i: [] for i in range(3)}
+    for i, out in engine.generate_batch(list(zip(ps, asks, strict=True))):
+        tokens[i] += out.token_ids
+        got[i] += out.logprobs or []
+    assert got[2] == []  # not asked for
+    model = llm.loaded.model
+    for i in (0, 1):
+        ids = torch.tensor(ps[i] + tokens[i])
+        cache = ContiguousKVCache(model.config, len(ids), ids.device, torch.float32)
+        cache.begin_step(len(ids))
+        with torch.inference_mode():
+            logits = model.compute_logits(model(ids, torch.arange(len(ids)), cache))
+        expected = torch.log_softmax(logits[len(ps[i]) - 1 : -1].float(), dim=-1)
+        assert [lp.token_id for lp in got[i]] == tokens[i]
+        chosen = expected.gather(1, torch.tensor(tokens[i])[:, None])[:, 0]
+        torch.testing.assert_close(torch.tensor([lp.logprob for lp in got[i]]), chosen, atol=1e-4, rtol=0)
+        n = asks[i].logprobs
+        for step, lp in enumerate(got[i]):
+            assert len(lp.top) == n
+            if n:
+                top = torch.topk(expected[step], n)
+                assert [t for t, _ in lp.top] == top.indices.tolist()
+                torch.testing.assert_close(
+                    torch.tensor([v for _, v in lp.top]), top.values, atol=1e-4, rtol=0
+                )
+        if i == 0:  # greedy: the chosen token is the most likely one
+            assert all(lp.top[0][0] == lp.token_id for lp in got[i])

@@ -13,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 
 from transformers.generation.utils import GenerationMixin  # noqa: E402
 
-from tameshi.engine.sampler import Sampler, make_generator, process_logits  # noqa: E402
+from tameshi.engine.sampler import Sampler, make_generator, process_logits, token_logprobs  # noqa: E402
 from tameshi.sampling_params import SamplingParams  # noqa: E402
 
 VOCAB = 1000
@@ -293,3 +293,50 @@ def test_some_top_token_always_survives(
     best = out.argmax()
     assert torch.isfinite(out[best])
     assert penalised[best] == penalised.max()  # the winner is a token that was on top before the warpers
+
+
+def test_token_logprobs_are_the_raw_log_softmax():
+    """Chosen-token logprob and top alternatives from the raw logits, whatever the sampler did to them."""
+    logits = torch.randn(4, VOCAB, generator=torch.Generator().manual_seed(5)) * 3
+    params = [
+        SamplingParams(do_sample=True, temperature=0.5, top_k=3, logprobs=5).resolve(None),
+        SamplingParams(do_sample=False).resolve(None),  # asks for none
+        SamplingParams(do_sample=False, repetition_penalty=1.5, logprobs=0).resolve(None),
+        SamplingParams(do_sample=True, top_p=0.5, logprobs=20).resolve(None),
+    ]
+    chosen = torch.tensor([11, 12, 13, 14])
+    got = token_logprobs(logits.to(torch.bfloat16), chosen, params)
+    expected = torch.log_softmax(logits.to(torch.bfloat16).float(), dim=-1)
+    assert got[1] is None
+    for row, n in ((0, 5), (2, 0), (3, 20)):
+        lp = got[row]
+        assert lp.token_id == int(chosen[row])
+        assert lp.logprob == pytest.approx(expected[row, chosen[row]].item(), abs=1e-6)
+        top = torch.topk(expected[row], n) if n else None
+        assert [t for t, _ in lp.top] == ([] if top is None else top.indices.tolist())
+        assert [v for _, v in lp.top] == pytest.approx([] if top is None else top.values.tolist(), abs=1e-6)
+
+
+def test_tiny_temperatures_are_greedy():
+    assert SamplingParams(do_sample=True, temperature=1e-30).greedy
+    assert SamplingParams(do_sample=True, temperature=5e-324).greedy
+    assert not SamplingParams(do_sample=True, temperature=1e-3).greedy
+
+
+def test_non_finite_scores_draw_the_argmax_instead_of_raising():
+    """What once ended the engine loop: a tiny repetition penalty overflows scores to inf -> NaN probs."""
+    logits = torch.randn(3, VOCAB, generator=torch.Generator().manual_seed(9))
+    logits[0, 5] = 50.0
+    logits[2] = float("nan")
+    history = [torch.tensor([5, 6]), torch.tensor([1]), torch.tensor([2])]
+    params = [
+        SamplingParams(do_sample=True, repetition_penalty=1e-40, seed=1).resolve(None),
+        SamplingParams(do_sample=True, seed=2).resolve(None),
+        SamplingParams(do_sample=True).resolve(None),
+    ]
+    generators = [make_generator(p.seed, "cpu") for p in params]
+    ids = Sampler()(logits, history, params, generators)
+    assert ids[0] == 5  # the overflowed row: its argmax
+    reference = Sampler()(logits[1:2], history[1:2], params[1:2], [make_generator(2, "cpu")])
+    assert ids[1] == reference[0]  # a healthy row in the same batch draws as it would alone
+    assert 0 <= ids[2] < VOCAB

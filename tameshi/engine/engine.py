@@ -155,8 +155,8 @@ class Engine:
             seq.num_computed_tokens += n
             self.blocks.commit(seq)
         outputs = []
-        for seq, token in sampled:
-            outputs.append((seq.seq_id, seq.append(token)))
+        for seq, token, logprob in sampled:
+            outputs.append((seq.seq_id, seq.append(token, logprob)))
             if seq.finished:
                 self.scheduler.finish(seq)
         return outputs

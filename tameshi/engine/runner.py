@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from tameshi.engine.paged_cache import PagedKVCache
-from tameshi.engine.sampler import Sampler
+from tameshi.engine.sampler import Sampler, token_logprobs
 from tameshi.engine.scheduler import ScheduledBatch
-from tameshi.engine.sequence import Sequence
+from tameshi.engine.sequence import Sequence, TokenLogprob
 from tameshi.model.llama import LlamaForCausalLM
 
 if TYPE_CHECKING:  # Triton is imported only where graphs are made (CUDA)
@@ -48,8 +48,9 @@ class ModelRunner:
         self.device = next(model.parameters()).device
 
     @torch.inference_mode()
-    def run(self, batch: ScheduledBatch) -> list[tuple[Sequence, int]]:
-        """Compute the scheduled tokens; return (sequence, new token) for those that reached their end."""
+    def run(self, batch: ScheduledBatch) -> list[tuple[Sequence, int, TokenLogprob | None]]:
+        """Compute the scheduled tokens; return (sequence, new token, its logprobs if asked for) for
+        those that reached their end."""
         ids: list[int] = []
         positions: list[int] = []
         spans = []
@@ -75,15 +76,17 @@ class ModelRunner:
             if logits is None:
                 return []
         seqs = [seq for seq, _ in sampling]
+        params = [s.params for s in seqs]
         tokens = self.sampler(
             logits,
             [torch.tensor(s.token_ids, device=self.device) for s in seqs],
-            [s.params for s in seqs],
+            params,
             [s.generator for s in seqs],
             n_generated=[s.n_generated for s in seqs],
             eos_ids=[tuple(s.stop_ids) for s in seqs],
         )
-        return list(zip(seqs, tokens.tolist(), strict=True))
+        logprobs = token_logprobs(logits, tokens, params)
+        return list(zip(seqs, tokens.tolist(), logprobs, strict=True))
 
     def _decode_graph(self, seqs: list[Sequence], ids: list[int], positions: list[int]) -> torch.Tensor:
         """Every sequence decodes one token (so each is sampled, in batch order)."""

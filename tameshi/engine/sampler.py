@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from tameshi.engine.sequence import TokenLogprob
 from tameshi.sampling_params import SamplingParams
 
 _NEG_INF = float("-inf")
@@ -54,7 +55,7 @@ class Sampler:
         sampled = [i for i, p in enumerate(params) if not p.greedy]
         if not sampled:
             return ids
-        probs = scores.softmax(dim=-1)
+        probs = _finite_rows(scores.softmax(dim=-1), ids)
         unseeded = [i for i in sampled if generators[i] is None]
         if unseeded:
             # one draw for all unseeded rows from the global generator instead of a kernel per row
@@ -66,6 +67,43 @@ class Sampler:
                 # random numbers as HF's torch.multinomial(probs, 1) for one prompt, so ids match
                 ids[i : i + 1] = torch.multinomial(probs[i : i + 1], 1, generator=generators[i]).squeeze(1)
         return ids
+
+
+def _finite_rows(probs: torch.Tensor, fallback_ids: torch.Tensor) -> torch.Tensor:
+    """Rows holding NaN or inf (a penalty of 1e-40 overflowing the scores, NaN logits from an fp16
+    model) draw their argmax instead of raising in torch.multinomial, which would end the engine loop
+    for every request (reliability.md §3.9). Branch-free, so the GPU path gains no host sync."""
+    bad = ~torch.isfinite(probs).all(dim=-1, keepdim=True)
+    one_hot = torch.nn.functional.one_hot(fallback_ids, probs.shape[-1]).to(probs.dtype)
+    return torch.where(bad, one_hot, probs)
+
+
+def token_logprobs(
+    logits: torch.Tensor, token_ids: torch.Tensor, params: list[SamplingParams]
+) -> list[TokenLogprob | None]:
+    """Each asking row's chosen-token logprob and its top `params.logprobs` alternatives.
+
+    From the log_softmax of the raw logits, before penalties, temperature or truncation, as OpenAI and
+    vLLM report them: a logprob says what the model thought, not what the sampler was allowed to pick.
+    """
+    rows = [i for i, p in enumerate(params) if p.logprobs is not None]
+    if not rows:
+        return [None] * len(params)
+    index = _host_to_device(rows, torch.long, logits.device)
+    logp = torch.log_softmax(logits[index].to(torch.float32), dim=-1)
+    chosen = logp.gather(1, token_ids[index].unsqueeze(1)).squeeze(1)
+    k = min(max(params[i].logprobs for i in rows), logp.shape[1])  # type: ignore[type-var]
+    top = torch.topk(logp, k, dim=-1) if k else None
+    # one device-to-host copy per tensor, not one per row
+    chosen_ids, chosen_values = token_ids[index].tolist(), chosen.tolist()
+    top_ids = top.indices.tolist() if top is not None else [[] for _ in rows]
+    top_values = top.values.tolist() if top is not None else [[] for _ in rows]
+    out: list[TokenLogprob | None] = [None] * len(params)
+    for j, i in enumerate(rows):
+        n = params[i].logprobs
+        pairs = tuple(zip(top_ids[j][:n], top_values[j][:n], strict=True))
+        out[i] = TokenLogprob(chosen_ids[j], chosen_values[j], pairs)
+    return out
 
 
 def make_generator(seed: int | None, device: torch.device | str) -> torch.Generator | None:

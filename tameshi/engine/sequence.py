@@ -8,6 +8,15 @@ from tameshi.sampling_params import SamplingParams
 from tameshi.tokenizer import IncrementalDetokenizer, Tokenizer
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log-probability and the most likely alternatives at its position."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()  # (token id, logprob), most likely first
+
+
 @dataclass
 class StepOutput:
     """What one engine step added to one request."""
@@ -15,6 +24,7 @@ class StepOutput:
     text: str
     token_ids: list[int]
     finish_reason: str | None = None  # "stop" (EOS, stop token or stop string) or "length"
+    logprobs: list[TokenLogprob] | None = None  # one per token id, when the request asked for them
 
 
 class Sequence:
@@ -63,7 +73,7 @@ class Sequence:
     def finished(self) -> bool:
         return self.finish_reason is not None
 
-    def append(self, token_id: int) -> StepOutput:
+    def append(self, token_id: int, logprob: TokenLogprob | None = None) -> StepOutput:
         """Add one sampled token; return the text it released and the finish reason if it ended the request."""
         self.token_ids.append(token_id)
         if token_id in self.stop_ids:
@@ -77,7 +87,8 @@ class Sequence:
             elif self.n_generated >= self.params.max_new_tokens or len(self.token_ids) >= self.max_model_len:
                 self.text += self._final_text()
                 self.finish_reason = "stop" if self._cut_at_stop_string() else "length"
-        return StepOutput(self._release(), [token_id], self.finish_reason)
+        logprobs = None if logprob is None else [logprob]
+        return StepOutput(self._release(), [token_id], self.finish_reason, logprobs)
 
     def _final_text(self) -> str:
         # A generation cut mid-character (length limit, or EOS after a stray byte) leaves bytes that are
