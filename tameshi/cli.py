@@ -258,7 +258,7 @@ def serve(
         from tameshi.server.launch import serve_forever
     except ImportError as e:
         raise TameshiError(
-            f"`tameshi serve` needs the serve extra: pip install 'tameshi[serve]' ({e})"
+            f"`tameshi serve` needs fastapi and uvicorn (tameshi's dependencies; reinstall tameshi) ({e})"
         ) from e
     from tameshi.api import LLM
     from tameshi.engine.engine import EngineConfig
