@@ -86,6 +86,9 @@ class FakeEngine:
                     del self.running[engine_id]
             return outputs
 
+    def take_failures(self) -> list:
+        return []  # this fake fails whole steps only (step_hook)
+
     def abort(self, request_id: int) -> None:
         with self._owned():
             self.aborted.append(request_id)

@@ -237,3 +237,63 @@ def test_logprobs_equal_log_softmax_of_the_models_logits(llm):
                 )
         if i == 0:  # greedy: the chosen token is the most likely one
             assert all(lp.top[0][0] == lp.token_id for lp in got[i])
+
+
+def test_a_request_that_breaks_a_step_fails_alone(llm):
+    """A forward or sampling error in a batch step fails only the request that causes it: the batch is
+    rerun one sequence at a time, the others' outputs equal their solo runs, and its blocks come back.
+    Through AsyncEngine the culprit's consumer gets the error and the engine stays alive."""
+    import asyncio
+
+    from tameshi.engine.async_engine import AsyncEngine
+
+    engine = make_engine(llm)
+    poison = 4321
+    ps = prompts(llm, 3, seed=7)
+    ps[1] = ps[1] + [poison]
+    run = engine.runner.run
+
+    def run_unless_poisoned(batch):
+        if any(poison in s.token_ids for s in batch.seqs):
+            raise RuntimeError("this request breaks the forward")
+        return run(batch)
+
+    engine.runner.run = run_unless_poisoned
+    solo = [[t for o in make_engine(llm).stream(p, greedy()) for t in o.token_ids] for p in (ps[0], ps[2])]
+    with pytest.raises(RuntimeError, match="breaks the forward"):
+        list(engine.generate_batch([(p, greedy()) for p in ps]))  # the sync API raises it
+    assert engine.stats().kv_blocks_used == 0
+
+    async_engine = AsyncEngine(engine)
+    async_engine.start()
+    try:
+
+        async def consume(p):
+            try:
+                return [t async for o in async_engine.generate(p, greedy()) for t in o.token_ids]
+            except RuntimeError as e:
+                return str(e)
+
+        async def main():
+            return await asyncio.gather(*(consume(p) for p in ps))
+
+        got = asyncio.run(main())
+        assert got[1] == "this request breaks the forward"
+        assert [got[0], got[2]] == solo
+        assert async_engine.is_alive
+        assert engine.stats().kv_blocks_used == 0
+    finally:
+        async_engine.stop()
+
+
+def test_a_step_that_fails_for_every_request_still_raises(llm):
+    """When every sequence fails alone too, the fault is the engine's: step raises (AsyncEngine then
+    marks itself dead and /health says so)."""
+    engine = make_engine(llm)
+
+    def broken(batch):
+        raise RuntimeError("device lost")
+
+    engine.runner.run = broken
+    with pytest.raises(RuntimeError, match="device lost"):
+        list(engine.generate_batch([(p, greedy()) for p in prompts(llm, 2)]))

@@ -202,6 +202,7 @@ class AsyncEngine:
                     self._add(cmd)
             if engine.has_unfinished():
                 self._deliver(engine.step())
+                self._fail(engine.take_failures())
             self._stats = engine.stats()
             self._last_beat = time.monotonic()
 
@@ -243,6 +244,11 @@ class AsyncEngine:
             if out.finish_reason is not None:
                 del self._requests[engine_id]
             items.append((req, out))
+        self._send(items)
+
+    def _fail(self, failures: list[tuple[int, Exception]]) -> None:
+        """Requests the engine failed alone in a step (it aborted them): each gets its error."""
+        items = [(self._requests.pop(i), exc) for i, exc in failures if i in self._requests]
         self._send(items)
 
     def _send(

@@ -17,7 +17,7 @@ from tameshi.engine.block_manager import BlockManager
 from tameshi.engine.paged_cache import PagedKVCache, kv_bytes_per_token
 from tameshi.engine.runner import ModelRunner
 from tameshi.engine.sampler import make_generator
-from tameshi.engine.scheduler import Scheduler, SchedulerConfig
+from tameshi.engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
 from tameshi.engine.sequence import Sequence, StepOutput
 from tameshi.errors import InvalidRequestError, PromptTooLongError
 from tameshi.model.llama import LlamaForCausalLM
@@ -80,6 +80,7 @@ class Engine:
         )
         self.runner = ModelRunner(model, self.cache, self._decode_graphs())
         self._ids = itertools.count()
+        self._failures: list[tuple[int, Exception]] = []
         gib = num_blocks * config.block_size * kv_bytes_per_token(model.rank_config, self.dtype) / 2**30
         log.info(
             "KV cache: %d blocks x %d tokens = %d tokens (%.2f GiB) on %s",
@@ -147,10 +148,15 @@ class Engine:
         return self.scheduler.has_unfinished()
 
     def step(self) -> list[tuple[int, StepOutput]]:
+        """One forward and sampling over the scheduled batch. A request whose forward or sampling
+        raises is failed alone (see `take_failures`); the others go on."""
         batch = self.scheduler.schedule()
         if not batch:
             return []
-        sampled = self.runner.run(batch)
+        try:
+            sampled = self.runner.run(batch)
+        except Exception as exc:
+            batch, sampled = self._run_one_by_one(batch, exc)
         for seq, n in zip(batch.seqs, batch.num_tokens, strict=True):
             seq.num_computed_tokens += n
             self.blocks.commit(seq)
@@ -160,6 +166,40 @@ class Engine:
             if seq.finished:
                 self.scheduler.finish(seq)
         return outputs
+
+    def _run_one_by_one(self, batch: ScheduledBatch, exc: Exception) -> tuple[ScheduledBatch, list]:
+        """The batch's step raised: run its sequences one at a time, so that a request that breaks
+        the forward or the sampler fails alone and the others keep their work. If every one fails
+        alone too, the fault is the engine's, not a request's: the step's error is raised."""
+        kept, sampled, failed = ScheduledBatch(), [], []
+        if len(batch) == 1:
+            failed.append((batch.seqs[0], exc))
+        else:
+            for seq, n in zip(batch.seqs, batch.num_tokens, strict=True):
+                try:
+                    sampled += self.runner.run(ScheduledBatch([seq], [n]))
+                except Exception as solo_exc:
+                    failed.append((seq, solo_exc))
+                    continue
+                kept.seqs.append(seq)
+                kept.num_tokens.append(n)
+            if not kept.seqs:
+                raise exc
+        for seq, error in failed:
+            log.error(
+                "request %d failed in a step (%s: %s); the others go on",
+                seq.seq_id,
+                type(error).__name__,
+                error,
+            )
+            self._failures.append((seq.seq_id, error))
+            self.scheduler.abort(seq.seq_id)  # frees its KV blocks
+        return kept, sampled
+
+    def take_failures(self) -> list[tuple[int, Exception]]:
+        """Requests that failed in a step since the last call, with their errors (they are aborted)."""
+        failures, self._failures = self._failures, []
+        return failures
 
     def stats(self) -> EngineStats:
         b = self.blocks
@@ -189,6 +229,8 @@ class Engine:
             while self.has_unfinished():
                 for seq_id, out in self.step():
                     yield index[seq_id], out
+                for _, error in self.take_failures():
+                    raise error
         finally:
             for seq_id in index:  # the caller stopped early (or a request was bad): free everything
                 self.abort(seq_id)
