@@ -94,9 +94,7 @@ def weight_bytes_per_token(model: torch.nn.Module) -> int:
             continue
         tensors = list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
         for value in vars(module).values():
-            if value is None or isinstance(value, torch.Tensor):
-                continue
-            if dataclasses.is_dataclass(value) or hasattr(value, "__dict__"):
+            if not isinstance(value, torch.Tensor) and hasattr(value, "__dict__"):  # KPacked, Int4Weight …
                 tensors += [t for t in vars(value).values() if isinstance(t, torch.Tensor)]
         for t in tensors:
             if t.data_ptr() not in seen and not t.is_meta:

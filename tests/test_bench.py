@@ -20,13 +20,13 @@ def test_bench_on_a_synthetic_awq_model(tmp_path, capsys):
     cfg.write_text(json.dumps(TINY))
     out = tmp_path / "bench.json"
     args = ["bench", "--synth", str(cfg), "--synth-dir", str(tmp_path / "ckpt"), "--prompt-len", "16",
-            "--gen-len", "8", "--ttft-prompt-len", "32", "--concurrency", "3", "--json", str(out)]  # fmt: skip
+            "--gen-len", "8", "--ttft-prompt-len", "32", "--concurrency", "3", "--json", str(out), "--device", "cpu"]  # fmt: skip
     assert main(args) == 0
     r = json.loads(out.read_text())
     assert (tmp_path / "ckpt" / "config.json").exists()
     assert r["solo_checked"] == 2 and r["solo_equal"] == 2
     assert r["ttft_s"] > 0 and r["decode_tps"] > 0 and r["aggregate_tps"] > 0 and r["copy_gbps"] > 0
-    # AWQ g128 (synth's default) for the linears; norms, head and AWQ scales in the CPU dtype (fp32);
+    # On CPU (also on a GPU machine): AWQ g128 (synth's default) for the linears; norms, head and AWQ scales in fp32;
     # the embedding lookup excluded
     h, i, v, layers, group, d = 256, 512, 512, 2, 128, 4
     linear = h * (h + 2 * 128) + h * h + h * 2 * i + i * h  # qkv (2 kv heads of 64), o, gate_up, down

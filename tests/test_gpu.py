@@ -1,13 +1,13 @@
 """The same code paths on CUDA: logits equal transformers on the GPU, generation equals the CPU run."""
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
+
+from tiny_llama import write_tiny_llama  # noqa: E402
 
 from tameshi import LLM, SamplingParams  # noqa: E402
 from tameshi.engine.kv_cache import ContiguousKVCache  # noqa: E402
@@ -16,23 +16,13 @@ from tameshi.loading.safetensors import checkpoint_files, iter_tensors  # noqa: 
 from tameshi.model.config import ModelConfig  # noqa: E402
 
 pytestmark = pytest.mark.gpu
-FIXTURE_TOKENIZER = Path(__file__).parent / "fixtures" / "deepseek-llm"
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A tiny random GQA Llama with the DeepSeek-LLM fixture tokenizer and template."""
     folder = tmp_path_factory.mktemp("tiny")
-    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
-        shutil.copy(FIXTURE_TOKENIZER / name, folder / name)
-    cfg = transformers.LlamaConfig(
-        hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=8,
-        num_key_value_heads=2, vocab_size=512, max_position_embeddings=512, initializer_range=0.2,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    ref = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
-    ref.save_pretrained(folder)
-    return folder, ref
+    return folder, write_tiny_llama(folder)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -149,14 +139,9 @@ def test_awq_kernels_at_67b_shapes_equal_reference(k, n):
 def tiny_fp16(tmp_path_factory):
     """Head dim 64 (the paged decode kernel's tl.dot wants >= 16 and real models use 64-128)."""
     folder = tmp_path_factory.mktemp("tiny64")
-    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
-        shutil.copy(FIXTURE_TOKENIZER / name, folder / name)
-    cfg = transformers.LlamaConfig(
-        hidden_size=256, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=512, max_position_embeddings=1024, initializer_range=0.2,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).save_pretrained(folder)
+    write_tiny_llama(
+        folder, hidden_size=256, intermediate_size=512, num_attention_heads=4, max_position_embeddings=1024
+    )
     return folder
 
 

@@ -6,13 +6,13 @@ under torchrun. The shard arithmetic is checked on its own first: AWQ groups sta
 
 import dataclasses
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from tiny_llama import write_tiny_llama
 
 from tameshi import LLM, SamplingParams
 from tameshi.engine.runner import StepPlan, forward_step
@@ -22,7 +22,6 @@ from tameshi.model.config import ModelConfig
 from tameshi.parallel.shard import check_shardable, shard_tensor
 from tameshi.quantize.synth import synth
 
-FIXTURE_TOKENIZER = Path(__file__).parent / "fixtures" / "deepseek-llm"
 PROMPTS = ["Hello there", "The capital of France is a city that"]
 GREEDY = SamplingParams(max_new_tokens=12, min_new_tokens=12, do_sample=False)
 AWQ_TINY = {
@@ -35,16 +34,9 @@ AWQ_TINY = {
 @pytest.fixture(scope="module")
 def fp_dir(tmp_path_factory):
     """A tiny random GQA Llama (8 heads, 2 KV heads) with the DeepSeek-LLM fixture tokenizer."""
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     folder = tmp_path_factory.mktemp("tp-fp")
-    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
-        shutil.copy(FIXTURE_TOKENIZER / name, folder / name)
-    cfg = transformers.LlamaConfig(
-        hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=8,
-        num_key_value_heads=2, vocab_size=512, max_position_embeddings=512, initializer_range=0.2,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).save_pretrained(folder)
+    write_tiny_llama(folder, num_hidden_layers=2)
     return folder
 
 
