@@ -30,7 +30,12 @@ NOT_FLAGS = frozenset({"logprobs"})
 _SAMPLING_FIELDS = [f.name for f in dataclasses.fields(SamplingParams) if f.repr and f.name not in NOT_FLAGS]
 
 ModelOpt = Annotated[
-    str | None, typer.Option("--model", "-m", help="HF folder, hub id in the local cache, or .gguf file.")
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="HF folder, hub id in the local cache, .gguf file, or synth:PRESET (random weights).",
+    ),
 ]
 DeviceOpt = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 … (default: cuda if present).")]
 DtypeOpt = Annotated[str | None, typer.Option(help="float32, bfloat16 or float16.")]
@@ -315,7 +320,7 @@ def quantize(
 def synth(
     preset: Annotated[str, typer.Argument(help="deepseek-llm-7b, deepseek-llm-67b, or a config.json path.")],
     out: Annotated[str, typer.Argument(help="Folder to write.")],
-    quant: Annotated[str, typer.Option(help="awq (AutoAWQ GEMM) or fp16.")] = "awq",
+    quant: Annotated[str, typer.Option(help="awq (AutoAWQ GEMM), fp16 or bf16.")] = "awq",
     group_size: Annotated[int, typer.Option(help="AWQ group size.")] = 128,
     shard_gib: Annotated[float, typer.Option(help="Shard size; host memory holds one shard.")] = 2.0,
     seed: int = 0,
@@ -342,7 +347,7 @@ def bench(
         str | None,
         typer.Option("--synth", help="Benchmark random weights in a preset's shapes (deepseek-llm-67b …)."),
     ] = None,
-    synth_quant: Annotated[str, typer.Option(help="With --synth: awq or fp16.")] = "awq",
+    synth_quant: Annotated[str, typer.Option(help="With --synth: awq, fp16 or bf16.")] = "awq",
     synth_dir: Annotated[
         str | None, typer.Option(help="With --synth: where the checkpoint is written (reused if there).")
     ] = None,

@@ -56,3 +56,34 @@ def test_presets_are_the_real_shapes():
         32,
         11008,
     )
+
+
+@pytest.mark.parametrize("quant", ["awq", "bf16"])
+def test_in_memory_synth_is_the_written_checkpoint(tmp_path, quant):
+    """`synth:CONFIG` draws the tensors `tameshi synth` writes (same seed, same device) straight
+    into the loader: the same logits as loading the written folder, without the disk."""
+    import torch
+
+    from tameshi.engine.runner import StepPlan, forward_step
+
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(TINY))
+    written = LLM(str(synth(str(cfg), tmp_path / "out", quant=quant)), progress=False)
+    in_memory = LLM(f"synth:{cfg}" + (":awq" if quant == "awq" else ""), progress=False)
+    assert in_memory.loaded.source.kind == "synth"
+    assert (in_memory.loaded.config.awq is not None) == (quant == "awq")
+    ids = list(range(5, 21))
+    plan = StepPlan(ids, list(range(len(ids))), [([0], 0, len(ids))], [len(ids) - 1])
+    with torch.inference_mode():
+        want = forward_step(written.engine.model, written.engine.cache, plan)
+        got = forward_step(in_memory.engine.model, in_memory.engine.cache, plan)
+    assert torch.equal(got, want)
+    greedy = SamplingParams(max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    assert in_memory.generate(ids, greedy).token_ids == written.generate(ids, greedy).token_ids
+
+
+def test_in_memory_synth_names_its_presets():
+    from tameshi.errors import TameshiError
+
+    with pytest.raises(TameshiError, match="unknown preset 'nope': give one of deepseek-llm-7b"):
+        LLM("synth:nope", progress=False)

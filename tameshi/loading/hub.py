@@ -13,7 +13,7 @@ GGUF_MAGIC = b"GGUF"
 @dataclass(frozen=True)
 class ModelSource:
     path: Path
-    kind: str  # "hf-folder" | "gguf"
+    kind: str  # "hf-folder" | "gguf" | "synth" (random weights drawn in memory; path holds the name)
     origin: str  # how it was found, for `tameshi info`
 
 
@@ -27,6 +27,11 @@ def resolve(name: str | Path | None) -> ModelSource:
         from tameshi.loading.default import DEFAULT_MODEL_NAME, default_model_dir
 
         return ModelSource(default_model_dir(), "hf-folder", f"embedded default ({DEFAULT_MODEL_NAME})")
+    if str(name).startswith("synth:"):
+        from tameshi.quantize.synth import InMemorySynth
+
+        InMemorySynth.parse(str(name))  # an unknown preset is reported here
+        return ModelSource(Path(name), "synth", "random weights drawn in memory (tameshi synth's shapes)")
     path = Path(name).expanduser()
     if path.is_file():
         if not is_gguf(path):

@@ -83,6 +83,7 @@ def load_model(
         raise InvalidRequestError("run-time --quantize does not combine with --tp; use an AWQ checkpoint")
     source = resolve(name)
     dev = pick_device(device)
+    synth = None
     if source.kind == "gguf":
         from tameshi.loading.gguf import open_gguf
 
@@ -91,6 +92,14 @@ def load_model(
         generation_config = ck.generation_config
         tokenizer = Tokenizer(ck.tokenizer, ck.tokenizer_config, generation_config)
         template_origin = "GGUF metadata"
+    elif source.kind == "synth":
+        from tameshi.quantize.synth import InMemorySynth
+
+        synth = InMemorySynth.parse(str(source.path))
+        raw_config, generation_config = synth.config(), {}
+        tokenizer = Tokenizer.from_dir(synth.tokenizer_dir())
+        tensors = None  # drawn below, on the device this rank loads to
+        template_origin = "tokenizer_config.json"
     else:
         raw_config = merge_side_config(source.path, _read_json(source.path / "config.json"))
         ModelConfig.from_hf(raw_config)  # an unsupported model is reported before anything else
@@ -104,6 +113,8 @@ def load_model(
     if tp > 1:
         launch = _start_tensor_parallel(config, tp, dev, source, dt)
         dev, progress = launch.tp.device, progress and launch.tp.is_leader
+    if synth is not None:
+        tensors = synth.tensors(config, dev)
     try:
         model = build_model(config, tensors, dev, dt, progress=progress, tp=launch and launch.tp)
         if launch is not None:

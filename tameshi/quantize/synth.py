@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,7 +17,7 @@ import torch
 from tameshi.errors import InvalidRequestError
 from tameshi.loading.awq import pack_gemm
 from tameshi.model.config import ModelConfig
-from tameshi.quantize.writer import awq_config_files, write_shards
+from tameshi.quantize.writer import awq_config_files, awq_hf_config, write_shards
 
 # The real configs (shared/reference/formats.md §1.1).
 _DEEPSEEK = {
@@ -51,17 +52,25 @@ def load_preset(preset: str) -> dict:
 
 
 def _tensors(
-    c: ModelConfig, quant: str, group: int, gen: torch.Generator
+    c: ModelConfig, quant: str, group: int, gen: torch.Generator, dtype: torch.dtype, host: bool = True
 ) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every checkpoint tensor of `c`, drawn on the generator's device; `host`: moved to the CPU (for
+    writing), else left where drawn (for loading straight from memory). Floating weights in `dtype`."""
     h, kv = c.hidden_size, c.n_kv_heads * c.head_dim
-    yield (
-        "model.embed_tokens.weight",
-        (torch.randn(c.vocab_size, h, generator=gen, device=gen.device) * 0.02).half().cpu(),
-    )
+    dev = gen.device
+    out = (lambda t: t.cpu()) if host else (lambda t: t)
+
+    def normal(n: int, k: int, std: float) -> torch.Tensor:
+        return out((torch.randn(n, k, generator=gen, device=dev) * std).to(dtype))
+
+    def ones(n: int) -> torch.Tensor:
+        return out(torch.ones(n, dtype=dtype, device=dev))
+
+    yield "model.embed_tokens.weight", normal(c.vocab_size, h, 0.02)
     for i in range(c.n_layers):
         p = f"model.layers.{i}."
-        yield p + "input_layernorm.weight", torch.ones(h, dtype=torch.float16)
-        yield p + "post_attention_layernorm.weight", torch.ones(h, dtype=torch.float16)
+        yield p + "input_layernorm.weight", ones(h)
+        yield p + "post_attention_layernorm.weight", ones(h)
         shapes = {
             "self_attn.q_proj": (c.n_heads * c.head_dim, h), "self_attn.k_proj": (kv, h),
             "self_attn.v_proj": (kv, h), "self_attn.o_proj": (h, c.n_heads * c.head_dim),
@@ -69,29 +78,24 @@ def _tensors(
             "mlp.down_proj": (h, c.intermediate_size),
         }  # fmt: skip
         for name, (n, k) in shapes.items():
-            if quant == "fp16":
-                yield (
-                    f"{p}{name}.weight",
-                    (torch.randn(n, k, generator=gen, device=gen.device) / k**0.5).half().cpu(),
-                )
+            if quant != "awq":
+                yield f"{p}{name}.weight", normal(n, k, 1 / k**0.5)
                 continue
             # random 4-bit codes and zero points; scales sized so outputs keep unit variance
             # uniform random words are eight uniform random nibbles: no int64 codes to pack (8x the
             # memory traffic, minutes at 67B)
-            words = torch.randint(
-                -(2**31), 2**31, (k, n // 8), dtype=torch.int64, generator=gen, device=gen.device
-            )
-            yield f"{p}{name}.qweight", words.to(torch.int32).cpu()
-            yield (
-                f"{p}{name}.qzeros",
-                pack_gemm(torch.randint(7, 9, (k // group, n), generator=gen, device=gen.device).cpu()),
-            )
-            yield f"{p}{name}.scales", torch.full((k // group, n), 0.2 / k**0.5, dtype=torch.float16)
-    yield "model.norm.weight", torch.ones(h, dtype=torch.float16)
-    yield (
-        "lm_head.weight",
-        (torch.randn(c.vocab_size, h, generator=gen, device=gen.device) / h**0.5).half().cpu(),
-    )
+            words = torch.randint(-(2**31), 2**31, (k, n // 8), dtype=torch.int64, generator=gen, device=dev)
+            yield f"{p}{name}.qweight", out(words.to(torch.int32))
+            zeros = torch.randint(7, 9, (k // group, n), generator=gen, device=dev)
+            yield f"{p}{name}.qzeros", out(pack_gemm(zeros))
+            scale = torch.full((k // group, n), 0.2 / k**0.5, dtype=torch.float16, device=dev)
+            yield f"{p}{name}.scales", out(scale)
+    yield "model.norm.weight", ones(h)
+    yield "lm_head.weight", normal(c.vocab_size, h, 1 / h**0.5)
+
+
+_FLOAT = {"fp16": torch.float16, "bf16": torch.bfloat16}
+QUANTS = ("awq", *_FLOAT)
 
 
 def synth(
@@ -103,9 +107,11 @@ def synth(
     seed: int = 0,
     device: str = "cpu",
 ) -> Path:
-    if quant not in ("awq", "fp16"):
-        raise InvalidRequestError(f"--quant must be awq or fp16, not {quant!r}")
-    config = load_preset(preset) | {"torch_dtype": "float16"}
+    """Write the checkpoint: AutoAWQ GEMM (`awq`, fp16 around it) or plain `fp16` / `bf16` weights."""
+    if quant not in QUANTS:
+        raise InvalidRequestError(f"--quant must be one of {', '.join(QUANTS)}, not {quant!r}")
+    dtype = _FLOAT.get(quant, torch.float16)
+    config = load_preset(preset) | {"torch_dtype": str(dtype).removeprefix("torch.")}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if quant == "awq":
@@ -115,7 +121,52 @@ def synth(
     c = ModelConfig.from_hf(config)  # validates the shapes, and an AWQ config, before writing weights
     # On a GPU the random numbers come ~50x faster (minutes -> seconds for the 67B); same format.
     gen = torch.Generator(device).manual_seed(seed)
-    write_shards(_tensors(c, quant, group_size, gen), out, shard_gib)
+    write_shards(_tensors(c, quant, group_size, gen, dtype), out, shard_gib)
     for f in _TOKENIZER.iterdir():
         shutil.copy(f, out / f.name)
     return out
+
+
+# -- never written: `synth:PRESET[:awq]` as a model name ------------------------------------------
+SCHEME = "synth:"
+
+
+@dataclass
+class InMemorySynth:
+    """A model named `synth:PRESET` (bf16 weights, fp16 where the preset says so) or `synth:PRESET:awq` (AWQ
+    g128): the same random tensors as `tameshi synth` writes, drawn on the device they load to and
+    handed to the loader directly. For shapes whose checkpoint does not fit the disk (DeepSeek-LLM-67B
+    in bf16 is 134 GB); the loader, sharding and engine are the ones a written checkpoint goes
+    through, only the file reads are skipped."""
+
+    preset: str
+    quant: str  # "fp" | "awq"
+    group_size: int = 128
+
+    @classmethod
+    def parse(cls, name: str) -> InMemorySynth:
+        spec = name.removeprefix(SCHEME)
+        preset, _, quant = spec.rpartition(":")
+        if quant not in ("fp", "awq"):
+            preset, quant = spec, "fp"
+        load_preset(preset)  # an unknown preset fails here, with the presets named
+        return cls(preset, quant)
+
+    def config(self) -> dict:
+        config = load_preset(self.preset)
+        if self.quant == "awq":
+            return awq_hf_config(config, self.group_size)
+        return config | {"torch_dtype": "float16" if config.get("torch_dtype") == "float16" else "bfloat16"}
+
+    def tensors(
+        self, config: ModelConfig, device: torch.device, seed: int = 0
+    ) -> Iterator[tuple[str, torch.Tensor]]:
+        """In the checkpoint's dtype, as `tameshi synth` would write them (the loader casts them like
+        a file's): with the same seed on the same device, the very tensors of the written checkpoint."""
+        gen = torch.Generator(device).manual_seed(seed)
+        dtype = torch.float16 if config.torch_dtype == "float16" else torch.bfloat16
+        return _tensors(config, self.quant, self.group_size, gen, dtype, host=False)
+
+    @staticmethod
+    def tokenizer_dir() -> Path:
+        return _TOKENIZER

@@ -66,14 +66,19 @@ def gemm_tensors(
     ]
 
 
-def awq_config_files(out: Path, config: dict, group_size: int) -> dict:
-    """config.json gains quantization_config; quant_config.json is written beside it (AutoAWQ's own file)."""
-    config = dict(config) | {
+def awq_hf_config(config: dict, group_size: int) -> dict:
+    """An HF config.json as AutoAWQ writes it: quantization_config (GEMM, 4-bit, zero point), fp16."""
+    return dict(config) | {
         "torch_dtype": "float16",
         "quantization_config": {
             "quant_method": "awq", "bits": 4, "group_size": group_size, "zero_point": True, "version": "gemm",
         },
     }  # fmt: skip
+
+
+def awq_config_files(out: Path, config: dict, group_size: int) -> dict:
+    """config.json gains quantization_config; quant_config.json is written beside it (AutoAWQ's own file)."""
+    config = awq_hf_config(config, group_size)
     (out / "config.json").write_text(json.dumps(config, indent=1))
     quant = {"zero_point": True, "q_group_size": group_size, "w_bit": 4, "version": "GEMM"}
     (out / "quant_config.json").write_text(json.dumps(quant))
