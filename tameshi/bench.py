@@ -44,6 +44,7 @@ class BenchResult:
     solo_common_prefix: list[int]  # per checked request: tokens equal before the first difference
     peak_gpu_gb: float
     peak_host_gb: float
+    tp: int = 1  # tensor-parallel ranks: weight bytes, copy bandwidth and GPU memory are one rank's
 
     @property
     def weight_gbps(self) -> float:
@@ -54,10 +55,16 @@ class BenchResult:
         return self.weight_gbps / self.copy_gbps if self.copy_gbps else 0.0
 
     def rows(self) -> list[tuple[str, str]]:
+        # Under tensor parallel every GPU reads its own shard at once: one GPU's share of its own
+        # bandwidth is the share of the whole machine's.
+        per_gpu = f" per rank (tp={self.tp})" if self.tp > 1 else ""
         return [
             ("model", self.model),
-            ("device / dtype", f"{self.device} / {self.dtype}"),
-            ("weights read per token", f"{self.weight_gb:.2f} GB"),
+            (
+                "device / dtype",
+                f"{self.device} / {self.dtype}" + (f" × {self.tp} ranks" if self.tp > 1 else ""),
+            ),
+            ("weights read per token" + per_gpu, f"{self.weight_gb:.2f} GB"),
             ("load time", f"{self.load_s:.1f} s"),
             ("KV cache capacity", f"{self.kv_tokens:,} tokens"),
             (f"TTFT, {self.ttft_prompt_len}-token prompt", f"{self.ttft_s * 1000:.1f} ms"),
@@ -72,12 +79,12 @@ class BenchResult:
                 f"{self.solo_equal}/{self.solo_checked} (equal prefixes: "
                 f"{', '.join(map(str, self.solo_common_prefix))} of {self.concurrent_gen_len})",
             ),
-            ("measured copy bandwidth", f"{self.copy_gbps:.0f} GB/s"),
+            ("measured copy bandwidth" + per_gpu, f"{self.copy_gbps:.0f} GB/s"),
             (
-                "weight bandwidth at batch 1",
+                "weight bandwidth at batch 1" + per_gpu,
                 f"{self.weight_gbps:.0f} GB/s = {100 * self.bandwidth_share:.0f}% of measured",
             ),
-            ("peak GPU memory", f"{self.peak_gpu_gb:.2f} GB"),
+            ("peak GPU memory" + (" (rank 0)" if self.tp > 1 else ""), f"{self.peak_gpu_gb:.2f} GB"),
             ("peak host memory (RSS)", f"{self.peak_host_gb:.2f} GB"),
         ]
 
@@ -213,5 +220,5 @@ def run_bench(
         concurrent_prompt_len=c_prompt, concurrent_gen_len=c_gen,
         aggregate_tps=aggregate, solo_checked=checked, solo_equal=equal,
         solo_common_prefix=prefixes, peak_gpu_gb=peak_gpu,
-        peak_host_gb=rss / 1e9,
+        peak_host_gb=rss / 1e9, tp=model.tp.world if model.tp is not None else 1,
     )  # fmt: skip

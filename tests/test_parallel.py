@@ -126,6 +126,13 @@ def test_tp2_equals_tp1_fp32_gqa(fp_dir):
     check_tp_equals_single(fp_dir)
 
 
+def test_tp2_equals_tp1_on_an_in_memory_synth(tmp_path):
+    """`synth:CONFIG` under --tp: every rank draws the same tensors on its own device and keeps its
+    shard (the 67B bf16 benchmark's way, where the checkpoint would not fit the disk)."""
+    (tmp_path / "config.json").write_text(json.dumps(AWQ_TINY))
+    check_tp_equals_single(f"synth:{tmp_path / 'config.json'}")
+
+
 def test_tp2_equals_tp1_awq(awq_dir):
     check_tp_equals_single(awq_dir)
 
