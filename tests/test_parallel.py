@@ -126,6 +126,29 @@ def test_tp2_equals_tp1_fp32_gqa(fp_dir):
     check_tp_equals_single(fp_dir)
 
 
+def test_tp2_graph_decode_steps_equal_tp1(tmp_path):
+    """The CUDA-graph decode path under --tp, minus the capture: off CUDA, DecodeGraphs runs the same
+    static buffers and padded buckets eagerly. Rank 0 sends CaptureGraphs, then a GraphStep per step,
+    and the follower runs its own (were it not to, rank 0's all-reduce would wait forever); the greedy
+    tokens of a batch equal tp=1's eager ones."""
+    (tmp_path / "config.json").write_text(json.dumps(AWQ_TINY))
+    name = f"synth:{tmp_path / 'config.json'}"
+    single = LLM(name, device="cpu", progress=False)
+    want = [c.token_ids for c in single.generate(PROMPTS, GREEDY)]
+    del single
+    parallel = LLM(name, device="cpu", progress=False, tp=2)
+    try:
+        runner = parallel.engine.runner
+        assert runner.graphs is None  # eager on CPU; the graphs below are put in by hand
+        runner.graphs = parallel.engine.make_decode_graphs()
+        assert [c.token_ids for c in parallel.generate(PROMPTS, GREEDY)] == want
+        assert runner.graphs.graphs  # decode steps went through the graph path (bucket 2, then 1)
+        assert parallel.generate(PROMPTS[0], GREEDY).token_ids == want[0]
+    finally:
+        parallel.close()
+    assert not runner.graphs.graphs  # released before the process group closed
+
+
 def test_tp2_equals_tp1_on_an_in_memory_synth(tmp_path):
     """`synth:CONFIG` under --tp: every rank draws the same tensors on its own device and keeps its
     shard (the 67B bf16 benchmark's way, where the checkpoint would not fit the disk)."""
@@ -159,3 +182,36 @@ def test_tp2_equals_tp1_on_two_gpus(checkpoint, dtype, fp_dir, awq_dir):
     """NCCL across two GPUs: float32 runs the PyTorch path (exact tokens); float16 the Triton kernels
     (the AWQ ones on each rank's half of N or K), held to close logits."""
     check_tp_equals_single(fp_dir if checkpoint == "fp" else awq_dir, device="cuda", dtype=dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_tp2_cuda_graph_step_equals_eager_on_two_gpus(fp_dir):
+    """tp=2 with its decode steps captured as CUDA graphs (all-reduces and the logits gather inside):
+    one decode step replayed equals the same step run eagerly, whole generations run through the
+    graphs on both ranks, and closing returns (graphs released before NCCL's communicator)."""
+    from tameshi.engine.engine import EngineConfig
+
+    config = EngineConfig(tp_cuda_graphs=True, max_num_seqs=4)
+    llm = LLM(str(fp_dir), device="cuda", dtype="float16", progress=False, tp=2, engine_config=config)
+    try:
+        engine, model = llm.engine, llm.loaded.model
+        assert engine.runner.graphs is not None
+        ids = llm.tokenizer.encode(PROMPTS[1], add_special_tokens=True)
+        n, bs = len(ids), engine.cache.block_size
+        table = list(range(n // bs + 1))
+        with torch.inference_mode():
+            prefill = StepPlan(ids, list(range(n)), [(table, 0, n)], [n - 1])
+            model.tp.send(prefill)
+            token = int(forward_step(model, engine.cache, prefill)[0].argmax())
+            decode = StepPlan([token], [n], [(table, n, 1)], [0])
+            model.tp.send(decode)
+            eager = forward_step(model, engine.cache, decode).float()
+            slot = table[n // bs] * bs + n % bs
+            graph = engine.runner.graphs.run([token], [n], [slot], [table]).float()
+        assert ((graph - eager).norm() / eager.norm()).item() < 1e-2
+        done = llm.generate(PROMPTS, GREEDY)
+        assert [len(c.token_ids) for c in done] == [12, 12]
+        assert len(engine.runner.graphs.graphs) == len(engine.runner.graphs.buckets)
+    finally:
+        llm.close()

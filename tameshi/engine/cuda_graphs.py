@@ -6,11 +6,21 @@ varies (token ids, positions, KV slots, block tables, context lengths) lives in 
 are filled before each replay; attention runs the Triton paged decode kernel, which takes lengths as
 tensors. A batch of b sequences replays the smallest bucket >= b; the padding rows write their K/V to
 a scratch slot and attend one cached token, and their logits are dropped.
+
+Under tensor parallel every rank holds the same graphs: rank 0 tells the followers to capture
+(`CaptureGraphs`) before it does, so both record the same collectives in the same order, and sends
+each step's inputs (`GraphStep`) before it replays; a follower fills its own buffers and replays too.
+NCCL keeps a communicator alive while any graph holds its collectives, so the graphs are released
+before the process group is destroyed (`release`, called by TensorParallel.close).
+
+Off CUDA (tests) nothing is captured: the same static buffers and padded buckets run eagerly, so
+everything but the capture itself can be checked on a CPU.
 """
 
 from __future__ import annotations
 
 import bisect
+from dataclasses import dataclass
 
 import torch
 
@@ -35,13 +45,33 @@ class _StaticDecodeBackend:
         return paged_decode_attention(q, k_cache, v_cache, self.tables, self.lens, self.cache.block_size)
 
 
+@dataclass
+class CaptureGraphs:
+    """Rank 0 -> followers: make DecodeGraphs of these sizes and capture them, now."""
+
+    max_batch: int
+    max_model_len: int
+
+
+@dataclass
+class GraphStep:
+    """Rank 0 -> followers: the inputs of one graph decode step (DecodeGraphs.run's arguments)."""
+
+    ids: list[int]
+    positions: list[int]
+    slots: list[int]
+    tables: list[list[int]]
+
+
 class DecodeGraphs:
     def __init__(
         self, model: LlamaForCausalLM, cache: PagedKVCache, max_batch: int, max_model_len: int
     ) -> None:
         self.model, self.cache = model, cache
         self.buckets = [b for b in BUCKETS if b < max_batch] + [max_batch]
+        self.max_model_len = max_model_len
         device = cache.device
+        self.real = device.type == "cuda"  # else: the same steps, run eagerly (see the module doc)
         n = self.buckets[-1]
         self.width = -(-max_model_len // cache.block_size)
         # Static inputs: rows ids, positions, KV slots, context lengths; refilled from pinned host
@@ -49,31 +79,60 @@ class DecodeGraphs:
         self.meta = torch.zeros(4, n, dtype=torch.long, device=device)
         self.ids, self.positions, self.slots, self.lens = self.meta
         self.tables = torch.zeros(n, self.width, dtype=torch.int32, device=device)
-        self.host_meta = torch.zeros(4, n, dtype=torch.long).pin_memory()
-        self.host_tables = torch.zeros(n, self.width, dtype=torch.int32).pin_memory()
+        self.host_meta = torch.zeros(4, n, dtype=torch.long)
+        self.host_tables = torch.zeros(n, self.width, dtype=torch.int32)
+        if self.real:
+            self.host_meta, self.host_tables = self.host_meta.pin_memory(), self.host_tables.pin_memory()
         self._meta_np, self._tables_np = self.host_meta.numpy(), self.host_tables.numpy()
         self._meta_np[2], self._meta_np[3] = cache.scratch_slot, 1
         self.meta.copy_(self.host_meta)
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        # set once the last step's host-to-device copies have run: then the pinned buffers are free
+        self._copied = torch.cuda.Event() if self.real else None
+        self.graphs: dict[int, torch.cuda.CUDAGraph | None] = {}
+        self.backends: dict[int, _StaticDecodeBackend] = {}
         self.logits: dict[int, torch.Tensor] = {}
+
+    @property
+    def _leader(self):
+        """The TensorParallel of rank 0, whose followers must do what it does; else None."""
+        tp = self.model.tp
+        return tp if tp is not None and tp.is_leader else None
 
     @torch.inference_mode()
     def capture(self) -> None:
         """Warm up (compiles the Triton kernels) and capture every bucket, largest first so that the
         smaller ones reuse its memory pool."""
-        pool = torch.cuda.graph_pool_handle()
+        if self._leader is not None:
+            self._leader.send(CaptureGraphs(self.buckets[-1], self.max_model_len))
         for b in reversed(self.buckets):
-            backend = _StaticDecodeBackend(self.cache, self.slots, self.tables, self.lens, b)
+            self.backends[b] = _StaticDecodeBackend(self.cache, self.slots, self.tables, self.lens, b)
+        if not self.real:
+            self.graphs = dict.fromkeys(self.buckets)
+            return
+        pool = torch.cuda.graph_pool_handle()
+        # Under tensor parallel the NCCL collectives are captured too; "thread_local" keeps NCCL's and
+        # the process group's own threads (which query events) out of the capture's checks.
+        mode = "global" if self.model.tp is None else "thread_local"
+        for b in reversed(self.buckets):
+            backend = self.backends[b]
             stream = torch.cuda.Stream(self.cache.device)
             stream.wait_stream(torch.cuda.current_stream(self.cache.device))
             with torch.cuda.stream(stream):
                 self._forward(b, backend)
             torch.cuda.current_stream(self.cache.device).wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
+            with torch.cuda.graph(graph, pool=pool, capture_error_mode=mode):
                 self.logits[b] = self._forward(b, backend)
             self.graphs[b] = graph
         torch.cuda.synchronize(self.cache.device)
+
+    def release(self) -> None:
+        """Drop the graphs (and their memory); the next run captures again."""
+        if self.real and self.graphs:
+            torch.cuda.synchronize(self.cache.device)
+        self.graphs.clear()
+        self.logits.clear()
+        self.backends.clear()
 
     def _forward(self, b: int, backend: _StaticDecodeBackend) -> torch.Tensor:
         hidden = self.model(self.ids[:b], self.positions[:b], backend)
@@ -88,10 +147,15 @@ class DecodeGraphs:
         """One decode step for len(ids) sequences; returns their logits [len(ids), vocab]."""
         if not self.graphs:
             self.capture()
+        if self._leader is not None:
+            self._leader.send(GraphStep(ids, positions, slots, tables))
         n = len(ids)
         b = self.buckets[bisect.bisect_left(self.buckets, n)]
-        # The pinned buffers are free to refill: the previous step's copies ran before its logits
-        # were read. Padding rows keep the scratch slot, length 1 and table row 0.
+        if self._copied is not None:
+            # Rank 0 read the last step's logits, so its copies are done and this returns at once;
+            # a follower reads nothing back and may be a step ahead of its GPU.
+            self._copied.synchronize()
+        # Padding rows keep the scratch slot, length 1 and table row 0.
         meta, tables_np = self._meta_np, self._tables_np
         meta[0, :n], meta[1, :n], meta[2, :n] = ids, positions, slots
         meta[3, :n] = meta[1, :n] + 1
@@ -102,5 +166,9 @@ class DecodeGraphs:
             tables_np[row, : len(table)] = table
         self.meta.copy_(self.host_meta, non_blocking=True)  # 4 x max batch: whole rows, one copy
         self.tables[:b].copy_(self.host_tables[:b], non_blocking=True)
+        if not self.real:
+            self.logits[b] = self._forward(b, self.backends[b])
+            return self.logits[b][:n]
+        self._copied.record()
         self.graphs[b].replay()
         return self.logits[b][:n]

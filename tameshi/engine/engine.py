@@ -6,8 +6,10 @@ conveniences for the synchronous Python API. Not thread-safe: `AsyncEngine` give
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -38,6 +40,12 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.9  # of the GPU's memory, model included, the engine may use
     enable_prefix_caching: bool = True
     cuda_graphs: bool = True  # decode steps replayed as CUDA graphs (fp16/bf16 on CUDA)
+    # ... under tensor parallel too, the NCCL all-reduces captured inside: off until it has run on a
+    # 2-GPU machine (the CPU tests check everything but the capture itself); TAMESHI_TP_CUDA_GRAPHS=1
+    # turns it on for every entry point (ask, serve, bench)
+    tp_cuda_graphs: bool = dataclasses.field(
+        default_factory=lambda: os.environ.get("TAMESHI_TP_CUDA_GRAPHS", "0") not in ("", "0")
+    )
 
 
 @dataclass(frozen=True)
@@ -89,18 +97,25 @@ class Engine:
 
     def _decode_graphs(self):
         # fp32 stays on the eager PyTorch path (the exact reference); dynamic RoPE reads positions on
-        # the host, which a graph cannot. Tensor parallel runs eagerly too: the followers' forward is
-        # eager, and NCCL collectives inside graphs are not done yet.
+        # the host, which a graph cannot.
         c = self.config
         if not c.cuda_graphs or self.device.type != "cuda" or self.dtype == torch.float32:
             return None
-        if self.model.tp is not None:
+        if self.model.tp is not None and not c.tp_cuda_graphs:
             return None
         if self.model.config.rope.type == "dynamic":
             return None
+        return self.make_decode_graphs()
+
+    def make_decode_graphs(self):
+        """DecodeGraphs for this engine's model and pool (captured at their first step); under tensor
+        parallel, released before the process group closes."""
         from tameshi.engine.cuda_graphs import DecodeGraphs
 
-        return DecodeGraphs(self.model, self.cache, c.max_num_seqs, self.max_model_len)
+        graphs = DecodeGraphs(self.model, self.cache, self.config.max_num_seqs, self.max_model_len)
+        if self.model.tp is not None:
+            self.model.tp.before_close.append(graphs.release)
+        return graphs
 
     def _pool_blocks(self, context: int) -> int:
         c = self.config

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -62,19 +63,17 @@ class ModelRunner:
             spans.append((seq.block_table, start, n))
             if start + n == len(seq):
                 sampling.append((seq, len(ids) - 1))
-        if self.graphs is not None and len(ids) == len(batch.seqs) and self.graphs.fits(len(ids)):
-            logits = self._decode_graph(batch.seqs, ids, positions)
-        else:
-            plan = StepPlan(ids, positions, spans, [row for _, row in sampling])
-            tp = self.model.tp
-            if tp is None:
-                logits = forward_step(self.model, self.cache, plan)
+        tp = self.model.tp
+        with tp.whole_step() if tp is not None else contextlib.nullcontext():
+            if self.graphs is not None and len(ids) == len(batch.seqs) and self.graphs.fits(len(ids)):
+                logits = self._decode_graph(batch.seqs, ids, positions)  # sends the followers their step
             else:
-                with tp.whole_step():
+                plan = StepPlan(ids, positions, spans, [row for _, row in sampling])
+                if tp is not None:
                     tp.send(plan)  # the followers run this same forward on their shards
-                    logits = forward_step(self.model, self.cache, plan)
-            if logits is None:
-                return []
+                logits = forward_step(self.model, self.cache, plan)
+        if logits is None:
+            return []
         seqs = [seq for seq, _ in sampling]
         params = [s.params for s in seqs]
         tokens = self.sampler(

@@ -8,6 +8,8 @@ slots. Only rank 0 samples: the logits are gathered on every rank (the gather is
 forward), but sampling state (seeded generators, penalties, stop strings) lives with rank 0's
 sequences alone, so there is nothing to keep in step. This is the simplest design that is exactly
 tp=1's engine on rank 0; its cost is one small pickled message per step on the gloo control group.
+Decode steps that rank 0 replays as CUDA graphs (EngineConfig.tp_cuda_graphs) arrive as CaptureGraphs
+once and then a GraphStep each: the follower captures and replays its own (engine/cuda_graphs.py).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ def follow(model: LlamaForCausalLM) -> None:
     """Serve rank 0's steps with this rank's shard of `model`; returns when rank 0 closes."""
     tp = model.tp
     cache: PagedKVCache | None = None
+    graphs = None
     device, dtype = model.embed_tokens.weight.device, model.embed_tokens.weight.dtype
     while True:
         message = tp.receive()
@@ -33,9 +36,31 @@ def follow(model: LlamaForCausalLM) -> None:
             return
         if isinstance(message, StepPlan):
             forward_step(model, cache, message)
-        else:  # ("cache", num_blocks, block_size): rank 0's engine sized its pool; ours matches it
+        elif isinstance(message, tuple):  # ("cache", num_blocks, block_size): rank 0 sized its pool
             _, num_blocks, block_size = message
+            if graphs is not None:  # a new pool: graphs made for the old one are stale
+                graphs.release()
+                graphs = None
             cache = PagedKVCache(model.rank_config, num_blocks, block_size, device, dtype)
+        else:
+            graphs = _graph_message(model, cache, graphs, message)
+
+
+def _graph_message(model: LlamaForCausalLM, cache: PagedKVCache, graphs, message):
+    """CaptureGraphs: capture along with rank 0; GraphStep: replay one decode step. -> the graphs."""
+    from tameshi.engine.cuda_graphs import CaptureGraphs, DecodeGraphs, GraphStep
+
+    if isinstance(message, CaptureGraphs):
+        if graphs is None:
+            graphs = DecodeGraphs(model, cache, message.max_batch, message.max_model_len)
+            model.tp.before_close.append(graphs.release)
+        graphs.release()
+        graphs.capture()
+    elif isinstance(message, GraphStep):
+        graphs.run(message.ids, message.positions, message.slots, message.tables)
+    else:
+        raise TypeError(f"unknown step message {type(message).__name__}")
+    return graphs
 
 
 def main(argv: list[str]) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -30,6 +30,8 @@ class TensorParallel:
     world: int
     device: torch.device
     control: Any = field(default=None, repr=False)  # the gloo group for step plans, once connected
+    # run before the groups go: NCCL cannot destroy a communicator that a live CUDA graph captured
+    before_close: list[Callable[[], None]] = field(default_factory=list, repr=False)
 
     @property
     def is_leader(self) -> bool:
@@ -47,6 +49,8 @@ class TensorParallel:
         self.control = dist.new_group(backend="gloo", timeout=IDLE_TIMEOUT)
 
     def close(self) -> None:
+        while self.before_close:
+            self.before_close.pop()()
         if dist.is_initialized():
             dist.destroy_process_group()
         self.control = None
