@@ -10,6 +10,8 @@ order (the all-reduce adds partial sums) can flip a near tie of random weights' 
 table gives the tokens equal before the first difference; `--exact-dtype float32` loads the model
 again in float32 at each tp, where no half-precision rounding hides behind the order, and its tokens
 must be equal outright.
+
+Decode steps at tp > 1 run eagerly unless TAMESHI_TP_CUDA_GRAPHS=1 (EngineConfig.tp_cuda_graphs).
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
         llm, load_s = _load(args.model, args.dtype, tp, max(args.concurrency, args.check_prompts))
         prompts = _prompts(llm.loaded.config.vocab_size, args.check_prompts, 32)
         tokens = _greedy(llm, prompts, args.check_len)
+        steps = "CUDA graphs" if llm.engine.runner.graphs is not None else "eager"
         result = run_bench(
             llm, args.model, prompt_len=args.prompt_len, gen_len=args.gen_len,
             ttft_prompt_len=args.ttft_prompt_len, concurrency=args.concurrency, solo_checks=0, load_s=load_s,
@@ -98,6 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
         _collect()
         want = tokens if want is None else want
         row = dataclasses.asdict(result) | {
+            "decode_steps": steps,
             "weight_gbps": result.weight_gbps, "bandwidth_share": result.bandwidth_share,
             "equal_prefix": [_prefix(t, w) for t, w in zip(tokens, want, strict=True)],
         }  # fmt: skip
@@ -115,14 +119,14 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append(row)
 
     base = rows[0]
-    head = ["tp", "load s", "TTFT ms", "decode tok/s (batch 1)", f"aggregate tok/s ({args.concurrency})",
+    head = ["tp", "decode steps", "load s", "TTFT ms", "decode tok/s (batch 1)", f"aggregate tok/s ({args.concurrency})",
             "weights/GPU GB", "% of copy BW", "speed-up", f"greedy = tp {args.tp[0]} ({args.dtype})"]  # fmt: skip
     if args.exact_dtype:
         head.append(f"greedy = tp {args.tp[0]} ({args.exact_dtype})")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [
-            str(r["tp"]), f"{r['load_s']:.1f}", f"{r['ttft_s'] * 1000:.0f}", f"{r['decode_tps']:.1f}",
+            str(r["tp"]), r["decode_steps"], f"{r['load_s']:.1f}", f"{r['ttft_s'] * 1000:.0f}", f"{r['decode_tps']:.1f}",
             f"{r['aggregate_tps']:.0f}", f"{r['weight_gb']:.2f}", f"{100 * r['bandwidth_share']:.0f}%",
             f"{r['decode_tps'] / base['decode_tps']:.2f}x",
             f"prefixes {', '.join(map(str, r['equal_prefix']))} of {args.check_len}",
