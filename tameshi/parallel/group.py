@@ -22,6 +22,8 @@ import torch.distributed as dist
 
 # Followers may wait this long for rank 0's next step (an idle chat or server).
 IDLE_TIMEOUT = timedelta(days=30)
+# torch 2.13 renamed all_gather_into_tensor (and warns on the old name); older torch has only that one
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
 
 @dataclass
@@ -63,9 +65,13 @@ class TensorParallel:
 
     def all_gather_last(self, x: torch.Tensor) -> torch.Tensor:
         """Each rank's x [.., n] side by side in rank order: [.., world * n]."""
-        parts = [torch.empty_like(x) for _ in range(self.world)]
-        dist.all_gather(parts, x.contiguous())
-        return torch.cat(parts, dim=-1)
+        # one collective into one buffer (a list of outputs costs a copy per rank after it); the
+        # output is the ranks' rows one after another, the form every backend (gloo too) accepts
+        rows = x.reshape(-1, x.shape[-1]).contiguous()
+        gathered = torch.empty(self.world * rows.shape[0], rows.shape[1], dtype=x.dtype, device=x.device)
+        _all_gather_single(gathered, rows)
+        by_rank = gathered.view(self.world, *rows.shape).transpose(0, 1)  # [rows, world, n]
+        return by_rank.reshape(*x.shape[:-1], self.world * x.shape[-1])
 
     # -- step plans (rank 0 -> the others) -----------------------------------------------------------
     @contextmanager
