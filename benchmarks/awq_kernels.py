@@ -4,6 +4,8 @@
 
 For each shape and row count M it times:
   tameshi fused     tameshi.kernels.awq_triton.awq_matmul (dequantization fused, split K for decode)
+  tameshi magic     the same tiles with codes turned into floats by exponent bits, not conversions
+                    (MatmulConfig.magic; the tensor-core path only for fp16)
   tameshi deq+mm    awq_dequantize to fp16, then cuBLAS
   tameshi auto      what AWQLinear runs for that M
   torch int4pack    torch's tinygemm (`_weight_int4pack_mm`, bf16, same group size)
@@ -19,6 +21,7 @@ with a device-to-device copy measured in the same run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import itertools
 import sys
@@ -28,7 +31,7 @@ import torch
 import triton
 import triton.testing
 
-from tameshi.kernels.awq_triton import MatmulConfig, awq_dequantize, awq_matmul
+from tameshi.kernels.awq_triton import MatmulConfig, awq_dequantize, awq_matmul, default_config
 from tameshi.loading.awq import AWQConfig
 from tameshi.model.linear import AWQLinear
 
@@ -112,12 +115,16 @@ def tinygemm(k: int, n: int):
 def sweep_configs(m: int):
     if m == 1:
         grid = itertools.product(
-            (1,), (64, 128, 256), (128,), (4, 8, 16, 32, 43, 86), (2, 4, 8), (3,), (True,)
+            (1,), (64, 128, 256), (128,), (4, 8, 16, 32, 43, 86), (2, 4, 8), (3,), (True,), (False, True)
         )
     elif m <= 16:
-        grid = itertools.product((16,), (64, 128), (128,), (8, 16, 32, 64), (4, 8), (3,), (False, True))
+        grid = itertools.product(
+            (16,), (64, 128), (128,), (8, 16, 32, 64), (4, 8), (3,), (False, True), (False, True)
+        )
     else:
-        grid = itertools.product((32, 64), (64, 128), (128,), (1, 2, 4), (4, 8), (3, 4), (False,))
+        grid = itertools.product(
+            (32, 64), (64, 128), (128,), (1, 2, 4), (4, 8), (3, 4), (False,), (False, True)
+        )
     return [MatmulConfig(*c) for c in grid]
 
 
@@ -158,10 +165,12 @@ def bench_shape(name: str, k: int, n: int, copy_gbs: float, autoawq) -> list[str
     for m in ROWS:
         x = torch.randn(m, k, device="cuda", dtype=torch.float16)
         xb = x.bfloat16()
+        magic = dataclasses.replace(default_config(m, n, k, GROUP), magic=True)
         t = {
             "auto": graph_ms([lambda c=c: c[0](x) for c in copies]),  # noqa: B023
             "eager": bench_ms(lambda: copies[0][0](x)),  # noqa: B023
             "fused": graph_ms([lambda c=c: awq_matmul(x, c[0].kernel_weight) for c in copies]),  # noqa: B023
+            "magic": graph_ms([lambda c=c: awq_matmul(x, c[0].kernel_weight, magic) for c in copies]),  # noqa: B023
             "deq": graph_ms([lambda c=c: x @ awq_dequantize(c[0].kernel_weight, x.dtype) for c in copies]),  # noqa: B023
             "tiny": graph_ms([lambda c=c: c[4](xb) for c in copies]) if copies[0][4] else float("nan"),  # noqa: B023
             "awq": float("nan"),
@@ -175,7 +184,7 @@ def bench_shape(name: str, k: int, n: int, copy_gbs: float, autoawq) -> list[str
         gbs = weight_bytes / t["auto"] / 1e6
         us = {key: f"{v * 1000:.1f}" for key, v in t.items()}
         rows.append(
-            f"| {name} | {m} | {us['auto']} | {us['fused']} | {us['deq']} | {us['tiny']} | {us['awq']} "
+            f"| {name} | {m} | {us['auto']} | {us['fused']} | {us['magic']} | {us['deq']} | {us['tiny']} | {us['awq']} "
             f"| {gbs:.0f} | {100 * gbs / copy_gbs:.0f}% | {t['awq'] / t['auto']:.1f}× | {us['eager']} |"
         )
         print(rows[-1], flush=True)
@@ -220,9 +229,9 @@ def main() -> None:
         "larger than L2 together), effective weight bandwidth in GB/s and % of the copy bandwidth. "
         "The last column is tameshi's call launched from Python (CUDA events, L2 flushed), launch overhead included.",
         "",
-        "| shape | M | tameshi auto | tameshi fused | tameshi deq+mm | torch int4pack | AutoAWQ triton "
-        "| auto GB/s | auto % copy | auto vs AutoAWQ | auto, eager |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| shape | M | tameshi auto | tameshi fused | tameshi magic | tameshi deq+mm | torch int4pack "
+        "| AutoAWQ triton | auto GB/s | auto % copy | auto vs AutoAWQ | auto, eager |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     if args.sweep:
         lines = [

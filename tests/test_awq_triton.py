@@ -56,6 +56,10 @@ CASES = [  # m, k, n, group, config (None = the default for the shape)
     (1, 256, 64, 64, MatmulConfig(1, 64, 64, 2, by_word=True)),  # each word loaded once
     (16, 256, 64, 128, MatmulConfig(16, 64, 128, 2, by_word=True)),
     (40, 256, 128, 128, None),  # batched decode: one 64-row tile, rows masked; K split in two
+    # codes to floats by exponent bits instead of conversions: one row, each of the 8 nibbles
+    (1, 256, 96, 64, MatmulConfig(1, 64, 64, 2, by_word=True, magic=True)),
+    (20, 256, 64, 128, MatmulConfig(32, 32, 64, 2, magic=True)),  # the tensor-core path (fp16)
+    (16, 256, 64, 128, MatmulConfig(16, 64, 128, 2, by_word=True, magic=True)),
 ]
 
 

@@ -69,11 +69,14 @@ def kdequantize_reference(packed: KPacked) -> torch.Tensor:
 
 
 @triton.jit
-def _partial_product(x, codes, USE_DOT: tl.constexpr, DOT_FP32: tl.constexpr):
+def _partial_product(x, codes, USE_DOT: tl.constexpr, DOT_FP32: tl.constexpr, MAGIC: tl.constexpr = False):
     """x [BLOCK_M, R] times codes [R, BLOCK_N] (ints 0..15), in fp32."""
     if USE_DOT:
-        # Via fp32: the interpreter converts int -> bf16 wrongly. 0..15 is exact in fp16 and bf16.
-        codes_x = codes.to(tl.float32).to(x.dtype)
+        if MAGIC:  # fp16 x only: 0x6400 | c is the fp16 number 1024 + c (see _magic_codes)
+            codes_x = (codes | 0x6400).to(tl.int16).to(tl.float16, bitcast=True) - 1024.0
+        else:
+            # Via fp32: the interpreter converts int -> bf16 wrongly. 0..15 is exact in fp16 and bf16.
+            codes_x = codes.to(tl.float32).to(x.dtype)
         if DOT_FP32:  # the interpreter also multiplies bf16 wrongly; fp32 is exact for these operands
             out = tl.dot(x.to(tl.float32), codes_x.to(tl.float32), input_precision="ieee")
         else:
@@ -88,7 +91,7 @@ def _awq_matmul_kernel(
     x_ptr, w_ptr, z_ptr, s_ptr, y_ptr, M, N, stride_xm, stride_ym,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, BLOCKS_PER_SPLIT: tl.constexpr, USE_DOT: tl.constexpr, DOT_FP32: tl.constexpr,
-    BY_WORD: tl.constexpr,
+    BY_WORD: tl.constexpr, MAGIC: tl.constexpr,
 ):  # fmt: skip
     # BLOCKS_PER_SPLIT is a compile-time constant: a loop over a run-time bound trips Triton's
     # interpreter under numpy >= 2.4, and a known trip count pipelines as well.
@@ -119,14 +122,14 @@ def _awq_matmul_kernel(
                 codes = (words >> (4 * j)) & 0xF
                 x_cols = x_ptr + offs_m[:, None] * stride_xm + (k0 + offs_r * 8 + j)[None, :]
                 x = tl.load(x_cols, mask=mask_m[:, None], other=0.0)
-                xq += _partial_product(x, codes, USE_DOT, DOT_FP32)
+                xq += _partial_product(x, codes, USE_DOT, DOT_FP32, MAGIC)
                 x_sum += tl.sum(x.to(tl.float32), axis=1)
         else:
             # Each word loaded for all 8 of its rows (repeats hit L1), one shift per row.
             packed = tl.load(w_ptrs + (k0 // 8) * N, mask=mask_n[None, :], other=0)
             codes = (packed >> shifts[:, None]) & 0xF  # [BLOCK_K, BLOCK_N], 0..15
             x = tl.load(x_ptrs + k0, mask=mask_m[:, None], other=0.0)
-            xq = _partial_product(x, codes, USE_DOT, DOT_FP32)
+            xq = _partial_product(x, codes, USE_DOT, DOT_FP32, MAGIC)
             x_sum = tl.sum(x.to(tl.float32), axis=1)
         g = k0 // GROUP
         z = tl.load(z_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
@@ -142,14 +145,31 @@ def _awq_matmul_kernel(
 
 
 @triton.jit
+def _magic_codes(words, j: tl.constexpr):
+    """Code j (0..7) of each word as fp32, times 2^(4·(j mod 5)), with no int -> float conversion.
+
+    Conversions run at 16 per clock on an SM against 64-128 for bit operations and fp32 adds, so
+    converting 8 codes per 4-byte word caps a one-row kernel near 70% of an H100's memory bandwidth.
+    Instead: the nibble, left in place, is OR-ed into the mantissa of the fp32 number 2^23 (bits
+    0x4B000000), which makes the float 2^23 + c·2^(4j) exactly; one subtraction leaves c·2^(4j). Nibbles
+    0-4 sit in the 23 mantissa bits as they are; 5-7 after one shift of the whole word by 20. The
+    caller scales x by 2^(-4j) instead (exact: a power of two)."""
+    if j < 5:  # noqa: SIM108 - a branch on a constexpr, resolved when the kernel compiles
+        part = words & (0xF << (4 * j))
+    else:
+        part = (words >> 20) & (0xF << (4 * (j - 5)))
+    return (part | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+
+
+@triton.jit
 def _awq_gemv_kernel(
     x_ptr, w_ptr, z_ptr, s_ptr, y_ptr, N, stride_xm, stride_ym,
     GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-    BLOCKS_PER_SPLIT: tl.constexpr,
+    BLOCKS_PER_SPLIT: tl.constexpr, MAGIC: tl.constexpr,
 ):  # fmt: skip
     """One activation row (decode): each packed word loaded once, its 8 codes multiplied on CUDA cores
     into a [BLOCK_K/8, BLOCK_N] accumulator that is reduced over K only once, at the end (a reduction
-    per K block would cross threads every time)."""
+    per K block would cross threads every time). MAGIC: codes to floats by _magic_codes."""
     pid_n = tl.program_id(0)
     row = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -167,7 +187,10 @@ def _awq_gemv_kernel(
         x_sum = tl.zeros((R,), dtype=tl.float32)
         for j in tl.static_range(8):
             x = tl.load(x_ptr + row * stride_xm + k0 + offs_r * 8 + j).to(tl.float32)
-            xq += x[:, None] * ((words >> (4 * j)) & 0xF).to(tl.float32)
+            if MAGIC:
+                xq += (x * (1.0 / (1 << (4 * (j % 5)))))[:, None] * _magic_codes(words, j)
+            else:
+                xq += x[:, None] * ((words >> (4 * j)) & 0xF).to(tl.float32)
             x_sum += x
         g = k0 // GROUP
         z = tl.load(z_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
@@ -212,6 +235,9 @@ class MatmulConfig:
     num_warps: int = 4
     num_stages: int = 3
     by_word: bool = False  # load each packed word once and unroll its 8 rows (else: repeat loads, L1)
+    # codes to floats by bit operations and an add, not conversions (_magic_codes); the tensor-core
+    # path does it for fp16 activations only
+    magic: bool = False
 
 
 def default_config(m: int, n: int, k: int, group: int) -> MatmulConfig:
@@ -262,7 +288,8 @@ def awq_matmul(x: torch.Tensor, packed: KPacked, config: MatmulConfig | None = N
         _awq_gemv_kernel[grid](
             x, packed.qweight, packed.zeros, packed.scales, y, n, x.stride(0), y.stride(0),
             GROUP=packed.group, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k,
-            BLOCKS_PER_SPLIT=k // cfg.block_k // cfg.split_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            BLOCKS_PER_SPLIT=k // cfg.block_k // cfg.split_k, MAGIC=cfg.magic, num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
         )  # fmt: skip
         return y if cfg.split_k == 1 else y.to(x.dtype)
     _awq_matmul_kernel[grid](
@@ -270,6 +297,7 @@ def awq_matmul(x: torch.Tensor, packed: KPacked, config: MatmulConfig | None = N
         GROUP=packed.group, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         SPLIT_K=cfg.split_k, BLOCKS_PER_SPLIT=k // cfg.block_k // cfg.split_k, USE_DOT=cfg.block_m > 1,
         DOT_FP32=x.dtype == torch.bfloat16 and _interpreted(), BY_WORD=cfg.by_word,
+        MAGIC=cfg.magic and cfg.block_m > 1 and x.dtype == torch.float16,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     return y if cfg.split_k == 1 else y.to(x.dtype)
