@@ -240,6 +240,11 @@ class MatmulConfig:
     magic: bool = False
 
 
+# MatmulConfig.magic everywhere the defaults are used (the model's layers too): an experiment switch
+# until the GPU timings decide the default
+_MAGIC = os.environ.get("TAMESHI_AWQ_MAGIC", "0") not in ("", "0")
+
+
 def default_config(m: int, n: int, k: int, group: int) -> MatmulConfig:
     """Tiles by row count, from the sweep in benchmarks/awq_kernels.py on an H100 (67B shapes).
 
@@ -252,13 +257,14 @@ def default_config(m: int, n: int, k: int, group: int) -> MatmulConfig:
     block_k = next(b for b in (128, 64, 32, 16) if group % b == 0)
     n_blocks = k // block_k
     if m == 1:
-        return MatmulConfig(1, 64, block_k, _split(n_blocks, per_program=4), num_warps=4, by_word=True)
+        split = _split(n_blocks, per_program=4)
+        return MatmulConfig(1, 64, block_k, split, num_warps=4, by_word=True, magic=_MAGIC)
     if m <= 16:
-        return MatmulConfig(16, 128, block_k, _split(n_blocks, per_program=1), num_warps=8)
+        return MatmulConfig(16, 128, block_k, _split(n_blocks, per_program=1), num_warps=8, magic=_MAGIC)
     # Up to 64 rows (batched decode): one 64-row tile, K split in two only where N alone gives too
     # few programs to fill the GPU (o and down at 67B: 128 column tiles).
     split = 2 if n // 64 < 150 and n_blocks % 2 == 0 else 1
-    return MatmulConfig(64, 64, block_k, split, num_warps=4)
+    return MatmulConfig(64, 64, block_k, split, num_warps=4, magic=_MAGIC)
 
 
 def _split(n_blocks: int, per_program: int) -> int:
