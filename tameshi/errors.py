@@ -39,3 +39,7 @@ class RunFileError(TameshiError):
 
 class JudgeError(TameshiError):
     """The judge endpoint or model could not be reached or gave no usable score."""
+
+
+class TensorParallelError(TameshiError):
+    """A rank of a tensor-parallel model died or a collective failed: the model cannot run any more."""

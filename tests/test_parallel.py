@@ -149,6 +149,33 @@ def test_tp2_graph_decode_steps_equal_tp1(tmp_path):
     assert not runner.graphs.graphs  # released before the process group closed
 
 
+def test_a_dead_rank_fails_the_model_in_one_line(tmp_path):
+    """A follower killed mid-session: the next request raises TensorParallelError naming the rank
+    (not the transport's text, not a per-request failure to retry), every later one too, closing
+    returns, and a new tensor-parallel model can start in the same process."""
+    from tameshi.errors import TensorParallelError
+
+    (tmp_path / "config.json").write_text(json.dumps(AWQ_TINY))
+    name = f"synth:{tmp_path / 'config.json'}"
+    llm = LLM(name, device="cpu", progress=False, tp=2)
+    want = llm.generate(PROMPTS[0], GREEDY).token_ids
+    follower = llm.loaded.launch.procs[0]
+    follower.kill()
+    follower.wait()
+    for _ in range(2):
+        with pytest.raises(
+            TensorParallelError, match=r"^tensor-parallel rank 1 exited with code -9; the model"
+        ):
+            llm.generate(PROMPTS[0], GREEDY)
+    assert llm.engine.stats().kv_blocks_used == 0
+    llm.close()
+    again = LLM(name, device="cpu", progress=False, tp=2)
+    try:
+        assert again.generate(PROMPTS[0], GREEDY).token_ids == want
+    finally:
+        again.close()
+
+
 def test_tp2_equals_tp1_on_an_in_memory_synth(tmp_path):
     """`synth:CONFIG` under --tp: every rank draws the same tensors on its own device and keeps its
     shard (the 67B bf16 benchmark's way, where the checkpoint would not fit the disk)."""

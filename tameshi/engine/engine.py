@@ -21,7 +21,7 @@ from tameshi.engine.runner import ModelRunner
 from tameshi.engine.sampler import make_generator
 from tameshi.engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
 from tameshi.engine.sequence import Sequence, StepOutput
-from tameshi.errors import InvalidRequestError, PromptTooLongError
+from tameshi.errors import InvalidRequestError, PromptTooLongError, TensorParallelError
 from tameshi.model.llama import LlamaForCausalLM
 from tameshi.sampling_params import SamplingParams
 from tameshi.tokenizer import Tokenizer
@@ -170,6 +170,8 @@ class Engine:
             return []
         try:
             sampled = self.runner.run(batch)
+        except TensorParallelError:
+            raise  # the model is broken, not a request: retrying one by one cannot help
         except Exception as exc:
             batch, sampled = self._run_one_by_one(batch, exc)
         for seq, n in zip(batch.seqs, batch.num_tokens, strict=True):

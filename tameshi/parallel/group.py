@@ -20,6 +20,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from tameshi.errors import TensorParallelError
+
 # Followers may wait this long for rank 0's next step (an idle chat or server).
 IDLE_TIMEOUT = timedelta(days=30)
 # torch 2.13 renamed all_gather_into_tensor (and warns on the old name); older torch has only that one
@@ -34,6 +36,9 @@ class TensorParallel:
     control: Any = field(default=None, repr=False)  # the gloo group for step plans, once connected
     # run before the groups go: NCCL cannot destroy a communicator that a live CUDA graph captured
     before_close: list[Callable[[], None]] = field(default_factory=list, repr=False)
+    # rank 0 that started the others: says which one has exited, if one has (else None)
+    dead_peer: Callable[[], str | None] = field(default=lambda: None, repr=False)
+    broken: str | None = field(default=None, repr=False)  # why the ranks can no longer step together
 
     @property
     def is_leader(self) -> bool:
@@ -51,6 +56,14 @@ class TensorParallel:
         self.control = dist.new_group(backend="gloo", timeout=IDLE_TIMEOUT)
 
     def close(self) -> None:
+        if self.broken is not None:
+            # A dead peer may have left this GPU inside a collective: synchronizing (to release
+            # graphs) or destroying an NCCL group could wait forever. Over gloo (CPU) nothing waits.
+            self.before_close.clear()
+            self.control = None
+            if self.device.type == "cpu" and dist.is_initialized():
+                dist.destroy_process_group()
+            return
         while self.before_close:
             self.before_close.pop()()
         if dist.is_initialized():
@@ -76,9 +89,29 @@ class TensorParallel:
     # -- step plans (rank 0 -> the others) -----------------------------------------------------------
     @contextmanager
     def whole_step(self) -> Iterator[None]:
-        """Rank 0: hold Ctrl-C back until the step's collectives are done, then raise it. A step
-        left halfway (chat stops an answer with Ctrl-C) would leave the followers inside an
-        all-reduce that rank 0 never joins."""
+        """Rank 0, around each step: Ctrl-C is held back until the step's collectives are done, then
+        raised (a step left halfway, as chat stops an answer with Ctrl-C, would leave the followers
+        inside an all-reduce that rank 0 never joins). A step that fails breaks the model for good:
+        it raises TensorParallelError, saying which rank died where that is known."""
+        if self.broken is not None:
+            raise TensorParallelError(self.broken)
+        try:
+            with self._sigint_deferred():
+                yield
+        except (KeyboardInterrupt, TensorParallelError):
+            raise
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            dead = self.dead_peer()
+            self.broken = (
+                f"{dead}; the model cannot run without it (load it again)"
+                if dead is not None
+                else f"a tensor-parallel step failed ({type(e).__name__}: {first}); the ranks are out of step"
+            )
+            raise TensorParallelError(self.broken) from e
+
+    @contextmanager
+    def _sigint_deferred(self) -> Iterator[None]:
         if threading.current_thread() is not threading.main_thread():
             yield  # signals reach only the main thread
             return

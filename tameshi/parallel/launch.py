@@ -10,6 +10,7 @@ children, so a follower that dies while loading is an error here, not a hang.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import socket
 import subprocess
@@ -45,6 +46,7 @@ class Launch:
             rank = local = 0
         self.spawned = bool(os.environ.get(SPAWNED))
         self.tp = TensorParallel(rank, world, _rank_device(device, local, world))
+        self.tp.dead_peer = self._dead_follower
 
     def spawn(self, model: str, dtype: str | None) -> None:
         """Rank 0 outside torchrun: start ranks 1 .. world-1 on this host, loading `model`."""
@@ -87,6 +89,12 @@ class Launch:
                     )
             time.sleep(0.05)
 
+    def _dead_follower(self) -> str | None:
+        for rank, proc in enumerate(self.procs, start=1):
+            if proc.poll() is not None:
+                return f"tensor-parallel rank {rank} exited with code {proc.returncode}"
+        return None
+
     def abort(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
@@ -97,8 +105,9 @@ class Launch:
     def shutdown(self) -> None:
         """Rank 0: tell the followers to stop, wait for the ones it spawned, leave the groups."""
         atexit.unregister(self.shutdown)
-        if self.tp.control is not None:
-            self.tp.send(None)
+        if self.tp.control is not None and self.tp.broken is None and self._dead_follower() is None:
+            with contextlib.suppress(Exception):  # a follower gone since needs no goodbye
+                self.tp.send(None)
         for proc in self.procs:
             try:
                 proc.wait(timeout=30)
