@@ -74,8 +74,14 @@ def main(argv: list[str]) -> None:
     # answer, or closing, which stops us); a follower interrupted mid-step would hang rank 0.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     model, device, dtype = argv
-    # LLM() on a follower rank loads its shard, follows rank 0 and exits: it never returns
-    LLM(model, device=device, dtype=dtype or None, progress=False, tp=int(os.environ["WORLD_SIZE"]))
+    rank = os.environ["RANK"]
+    try:
+        # LLM() on a follower rank loads its shard, follows rank 0 and exits: it never returns
+        LLM(model, device=device, dtype=dtype or None, progress=False, tp=int(os.environ["WORLD_SIZE"]))
+    except Exception as e:  # rank 0 went away, or this shard could not load: one line, not a traceback
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        print(f"tameshi: tensor-parallel rank {rank} stops: {type(e).__name__}: {first}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":
