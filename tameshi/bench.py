@@ -45,10 +45,21 @@ class BenchResult:
     peak_gpu_gb: float
     peak_host_gb: float
     tp: int = 1  # tensor-parallel ranks: weight bytes, copy bandwidth and GPU memory are one rank's
+    # per checked request that differs: the solo run's top-1 minus top-2 logprob where they part, and
+    # whether the batch took the solo run's second choice there (a near tie, not a batching bug)
+    solo_part_margin: list[float] = dataclasses.field(default_factory=list)
+    solo_part_second: list[bool] = dataclasses.field(default_factory=list)
 
     @property
     def weight_gbps(self) -> float:
         return self.weight_gb * self.decode_tps
+
+    def _parting(self) -> str:
+        parts = [
+            f"{m:.3g} nats ({'batch took its 2nd choice' if second else 'batch took another token'})"
+            for m, second in zip(self.solo_part_margin, self.solo_part_second, strict=True)
+        ]
+        return "; ".join(parts)
 
     @property
     def bandwidth_share(self) -> float:
@@ -79,6 +90,7 @@ class BenchResult:
                 f"{self.solo_equal}/{self.solo_checked} (equal prefixes: "
                 f"{', '.join(map(str, self.solo_common_prefix))} of {self.concurrent_gen_len})",
             ),
+            *([("where they part: solo's top-2 margin", self._parting())] if self.solo_part_margin else []),
             ("measured copy bandwidth" + per_gpu, f"{self.copy_gbps:.0f} GB/s"),
             (
                 "weight bandwidth at batch 1" + per_gpu,
@@ -201,11 +213,21 @@ def run_bench(
 
     say("solo runs of part of the batch")
     checked = min(solo_checks, concurrency)
-    prefixes = []
+    prefixes, margins, seconds = [], [], []
+    # the solo run also reads its top-2 logprobs: where it parts from the batch, was it a near tie?
+    solo_params = dataclasses.replace(fixed, logprobs=2)
     for i in range(checked):
-        solo = [t for out in engine.stream(prompts[i], fixed) for t in out.token_ids]
+        solo, top = [], []
+        for out in engine.stream(prompts[i], solo_params):
+            solo += out.token_ids
+            top += [lp.top for lp in out.logprobs or []]
         pairs = zip(solo, got[i], strict=False)
-        prefixes.append(next((j for j, (a, b) in enumerate(pairs) if a != b), min(len(solo), len(got[i]))))
+        part = next((j for j, (a, b) in enumerate(pairs) if a != b), min(len(solo), len(got[i])))
+        prefixes.append(part)
+        if part < min(len(solo), len(got[i])) and part < len(top) and len(top[part]) >= 2:
+            (_, first), (second_id, second) = top[part][:2]
+            margins.append(first - second)
+            seconds.append(second_id == got[i][part])
     equal = sum(p == c_gen for p in prefixes)
 
     stats = engine.stats()
@@ -219,6 +241,7 @@ def run_bench(
         ttft_prompt_len=ttft_prompt_len, ttft_s=ttft, decode_tps=decode_tps, concurrency=concurrency,
         concurrent_prompt_len=c_prompt, concurrent_gen_len=c_gen,
         aggregate_tps=aggregate, solo_checked=checked, solo_equal=equal,
-        solo_common_prefix=prefixes, peak_gpu_gb=peak_gpu,
+        solo_common_prefix=prefixes, solo_part_margin=margins, solo_part_second=seconds,
+        peak_gpu_gb=peak_gpu,
         peak_host_gb=rss / 1e9, tp=model.tp.world if model.tp is not None else 1,
     )  # fmt: skip

@@ -51,3 +51,32 @@ def test_weight_bytes_count_a_tied_head_once():
 
     assert weight_bytes_per_token(Tied()) == (800 + 16) * 4  # the head reads the whole table
     assert weight_bytes_per_token(Untied()) == (16 + 800) * 4  # the lookup reads one row: not counted
+
+
+def test_where_batch_and_solo_part_the_solo_margin_is_reported(tmp_path, monkeypatch):
+    """A batch output that differs from its solo run (here: made to, one token changed) is reported
+    with the solo run's top-2 margin where they part and whether the batch took its second choice,
+    so that a near tie of random weights reads differently from a batching bug."""
+    from tameshi import LLM
+    from tameshi.bench import run_bench
+    from tameshi.engine.engine import Engine
+
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps(TINY))
+    llm = LLM(f"synth:{cfg}", device="cpu", progress=False)
+    real = Engine.generate_batch
+    changed: list[int] = []
+
+    def first_token_changed(self, requests):
+        for i, out in real(self, requests):
+            if i == 0 and out.token_ids and not changed and len(requests) == 2:
+                changed.append((out.token_ids[0] + 1) % TINY["vocab_size"])
+                out.token_ids = [changed[0], *out.token_ids[1:]]
+            yield i, out
+
+    monkeypatch.setattr(Engine, "generate_batch", first_token_changed)
+    r = run_bench(llm, "tiny", prompt_len=8, gen_len=4, ttft_prompt_len=8, concurrency=2, solo_checks=2)
+    assert changed and r.solo_common_prefix == [0, 4] and r.solo_equal == 1
+    assert len(r.solo_part_margin) == 1 and r.solo_part_margin[0] >= 0 and len(r.solo_part_second) == 1
+    took = "its 2nd choice" if r.solo_part_second[0] else "another token"
+    assert f"batch took {took}" in dict(r.rows())["where they part: solo's top-2 margin"]
