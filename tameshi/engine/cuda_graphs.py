@@ -169,6 +169,6 @@ class DecodeGraphs:
         if not self.real:
             self.logits[b] = self._forward(b, self.backends[b])
             return self.logits[b][:n]
-        self._copied.record()
+        self._copied.record(torch.cuda.current_stream(self.cache.device))  # the copies' stream
         self.graphs[b].replay()
         return self.logits[b][:n]
