@@ -27,13 +27,8 @@ import time
 import torch
 
 from tameshi import LLM, SamplingParams
-from tameshi.bench import run_bench
+from tameshi.bench import common_prefix, random_prompt, run_bench
 from tameshi.engine.engine import EngineConfig
-
-
-def _prompts(vocab: int, n: int, length: int) -> list[list[int]]:
-    rng = random.Random(1)
-    return [[rng.randrange(100, min(vocab, 30000)) for _ in range(length)] for _ in range(n)]
 
 
 def _greedy(llm: LLM, prompts: list[list[int]], gen_len: int) -> list[list[int]]:
@@ -62,10 +57,6 @@ def _collect() -> None:
         print(f"  GPU memory still allocated: {left:.2f} GiB", file=sys.stderr, flush=True)
 
 
-def _prefix(a: list[int], b: list[int]) -> int:
-    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
-
-
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model")
@@ -88,7 +79,8 @@ def main(argv: list[str] | None = None) -> dict:
     for tp in args.tp:
         print(f"== tp={tp}, {args.dtype}", file=sys.stderr, flush=True)
         llm, load_s = _load(args.model, args.dtype, tp, max(args.concurrency, args.check_prompts))
-        prompts = _prompts(llm.loaded.config.vocab_size, args.check_prompts, 32)
+        rng = random.Random(1)
+        prompts = [random_prompt(llm.loaded.config.vocab_size, 32, rng) for _ in range(args.check_prompts)]
         tokens = _greedy(llm, prompts, args.check_len)
         steps = "CUDA graphs" if llm.engine.runner.graphs is not None else "eager"
         result = run_bench(
@@ -103,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
         row = dataclasses.asdict(result) | {
             "decode_steps": steps,
             "weight_gbps": result.weight_gbps, "bandwidth_share": result.bandwidth_share,
-            "equal_prefix": [_prefix(t, w) for t, w in zip(tokens, want, strict=True)],
+            "equal_prefix": [common_prefix(t, w) for t, w in zip(tokens, want, strict=True)],
         }  # fmt: skip
         if args.exact_dtype:
             exact = tokens

@@ -143,9 +143,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _prompt(vocab: int, length: int, rng: random.Random) -> list[int]:
+def random_prompt(vocab: int, length: int, rng: random.Random) -> list[int]:
     # Random ids in the lower vocabulary (ordinary tokens): distinct prompts, so no prefix-cache hits.
     return [rng.randrange(100, min(vocab, 30000)) for _ in range(length)]
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many tokens a and b share before the first difference."""
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 
 def _timed_stream(engine: Engine, prompt: list[int], params: SamplingParams) -> tuple[float, float, int]:
@@ -187,21 +192,23 @@ def run_bench(
     copy = copy_bandwidth(device, gib=1.0 if device.type == "cuda" else 0.25)
     say("warming up (CUDA graphs, Triton kernels)")
     warm = SamplingParams(max_new_tokens=4, min_new_tokens=4, **greedy).resolve({})
-    _timed_stream(engine, _prompt(vocab, prompt_len, rng), warm)
-    _timed_stream(engine, _prompt(vocab, ttft_prompt_len, rng), warm)
+    _timed_stream(engine, random_prompt(vocab, prompt_len, rng), warm)
+    _timed_stream(engine, random_prompt(vocab, ttft_prompt_len, rng), warm)
 
     say(f"TTFT at {ttft_prompt_len} tokens")
     one = SamplingParams(max_new_tokens=1, **greedy).resolve({})
-    ttft = sorted(_timed_stream(engine, _prompt(vocab, ttft_prompt_len, rng), one)[0] for _ in range(5))[2]
+    ttft = sorted(
+        _timed_stream(engine, random_prompt(vocab, ttft_prompt_len, rng), one)[0] for _ in range(5)
+    )[2]
 
     say(f"batch-1 decode, {gen_len} tokens")
-    _, decode_s, n = _timed_stream(engine, _prompt(vocab, prompt_len, rng), fixed)
+    _, decode_s, n = _timed_stream(engine, random_prompt(vocab, prompt_len, rng), fixed)
     decode_tps = (n - 1) / decode_s if decode_s > 0 else 0.0
 
     say(f"{concurrency} concurrent requests")
     c_prompt, c_gen = concurrent_prompt_len or prompt_len, concurrent_gen_len or gen_len
     fixed = SamplingParams(max_new_tokens=c_gen, min_new_tokens=c_gen, **greedy).resolve({})
-    prompts = [_prompt(vocab, c_prompt, rng) for _ in range(concurrency)]
+    prompts = [random_prompt(vocab, c_prompt, rng) for _ in range(concurrency)]
     got: dict[int, list[int]] = {i: [] for i in range(concurrency)}
     _sync(device)
     start = time.perf_counter()
@@ -221,8 +228,7 @@ def run_bench(
         for out in engine.stream(prompts[i], solo_params):
             solo += out.token_ids
             top += [lp.top for lp in out.logprobs or []]
-        pairs = zip(solo, got[i], strict=False)
-        part = next((j for j, (a, b) in enumerate(pairs) if a != b), min(len(solo), len(got[i])))
+        part = common_prefix(solo, got[i])
         prefixes.append(part)
         if part < min(len(solo), len(got[i])) and part < len(top) and len(top[part]) >= 2:
             (_, first), (second_id, second) = top[part][:2]

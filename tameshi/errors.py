@@ -1,6 +1,11 @@
 """Typed errors. Each carries one clear sentence; the CLI prints it without a traceback."""
 
 
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of an error's message (transport errors run to paragraphs), at most `limit` chars."""
+    return (str(error).strip().splitlines() or [""])[0][:limit]
+
+
 class TameshiError(Exception):
     """Base of every error tameshi raises on purpose."""
 

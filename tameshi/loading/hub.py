@@ -8,6 +8,7 @@ from pathlib import Path
 from tameshi.errors import ModelNotFoundError
 
 GGUF_MAGIC = b"GGUF"
+SYNTH_SCHEME = "synth:"  # `synth:PRESET[:awq]`: random weights drawn in memory (quantize/synth.py)
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ def resolve(name: str | Path | None) -> ModelSource:
         from tameshi.loading.default import DEFAULT_MODEL_NAME, default_model_dir
 
         return ModelSource(default_model_dir(), "hf-folder", f"embedded default ({DEFAULT_MODEL_NAME})")
-    if str(name).startswith("synth:"):
+    if str(name).startswith(SYNTH_SCHEME):
         from tameshi.quantize.synth import InMemorySynth
 
         InMemorySynth.parse(str(name))  # an unknown preset is reported here

@@ -69,6 +69,7 @@ def main(argv: list[str]) -> None:
     import signal
 
     from tameshi.api import LLM
+    from tameshi.errors import first_line
 
     # Ctrl-C in the terminal reaches the whole process group: rank 0 handles it (stopping an
     # answer, or closing, which stops us); a follower interrupted mid-step would hang rank 0.
@@ -79,8 +80,10 @@ def main(argv: list[str]) -> None:
         # LLM() on a follower rank loads its shard, follows rank 0 and exits: it never returns
         LLM(model, device=device, dtype=dtype or None, progress=False, tp=int(os.environ["WORLD_SIZE"]))
     except Exception as e:  # rank 0 went away, or this shard could not load: one line, not a traceback
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        print(f"tameshi: tensor-parallel rank {rank} stops: {type(e).__name__}: {first}", file=sys.stderr)
+        print(
+            f"tameshi: tensor-parallel rank {rank} stops: {type(e).__name__}: {first_line(e)}",
+            file=sys.stderr,
+        )
         raise SystemExit(1) from None
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from tameshi.errors import TensorParallelError
+from tameshi.errors import TensorParallelError, first_line
 
 # Followers may wait this long for rank 0's next step (an idle chat or server).
 IDLE_TIMEOUT = timedelta(days=30)
@@ -101,12 +101,11 @@ class TensorParallel:
         except (KeyboardInterrupt, TensorParallelError):
             raise
         except Exception as e:
-            first = (str(e).strip().splitlines() or [""])[0][:200]
             dead = self.dead_peer()
             self.broken = (
                 f"{dead}; the model cannot run without it (load it again)"
                 if dead is not None
-                else f"a tensor-parallel step failed ({type(e).__name__}: {first}); the ranks are out of step"
+                else f"a tensor-parallel step failed ({type(e).__name__}: {first_line(e)}); the ranks are out of step"
             )
             raise TensorParallelError(self.broken) from e
 

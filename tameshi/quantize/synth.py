@@ -16,6 +16,7 @@ import torch
 
 from tameshi.errors import InvalidRequestError
 from tameshi.loading.awq import pack_gemm
+from tameshi.loading.hub import SYNTH_SCHEME
 from tameshi.model.config import ModelConfig
 from tameshi.quantize.writer import awq_config_files, awq_hf_config, write_shards
 
@@ -128,7 +129,6 @@ def synth(
 
 
 # -- never written: `synth:PRESET[:awq]` as a model name ------------------------------------------
-SCHEME = "synth:"
 
 
 @dataclass
@@ -145,7 +145,7 @@ class InMemorySynth:
 
     @classmethod
     def parse(cls, name: str) -> InMemorySynth:
-        spec = name.removeprefix(SCHEME)
+        spec = name.removeprefix(SYNTH_SCHEME)
         preset, _, quant = spec.rpartition(":")
         if quant not in ("fp", "awq"):
             preset, quant = spec, "fp"
