@@ -76,6 +76,22 @@ def test_matmul_equals_reference(m, k, n, group, config, dtype):
     torch.testing.assert_close(y.cpu().float(), ref, rtol=eps, atol=eps * ref.abs().max().item())
 
 
+@pytest.mark.parametrize("config", [MatmulConfig(1, 64, 64, 1, by_word=True), MatmulConfig(16, 64, 64, 1)])
+def test_float32_output_is_the_unrounded_accumulator(config):
+    """out_dtype=float32 (tensor parallel's partial sums) hands back the fp32 accumulator: as close to
+    the reference as fp32 summation order allows, far closer than one fp16 rounding."""
+    m = config.block_m
+    packed, w = packed_and_reference(256, 64, 64, seed=3)
+    x = torch.randn(m, 256, generator=torch.Generator().manual_seed(m)).half().to(DEVICE)
+    y = awq_matmul(x, packed, config, out_dtype=torch.float32)
+    assert y.dtype == torch.float32
+    ref = x.cpu().float() @ w
+    scale = ref.abs().max().item()
+    torch.testing.assert_close(y.cpu(), ref, rtol=1e-5, atol=1e-5 * scale)
+    rounded = awq_matmul(x, packed, config).cpu().float()
+    assert (rounded - ref).abs().max() > 10 * (y.cpu() - ref).abs().max()
+
+
 @pytest.mark.parametrize("group", [32, 128])
 def test_dequantize_equals_reference(group):
     packed, ref = packed_and_reference(256, 192, group, seed=group)

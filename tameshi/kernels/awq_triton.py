@@ -273,8 +273,11 @@ def _split(n_blocks: int, per_program: int) -> int:
     return min(divisors, key=lambda d: (abs(n_blocks // d - per_program), d))
 
 
-def awq_matmul(x: torch.Tensor, packed: KPacked, config: MatmulConfig | None = None) -> torch.Tensor:
-    """y = x @ dequantize(W^T) for x [M, K] in fp16/bf16; y [M, N] in x's dtype."""
+def awq_matmul(
+    x: torch.Tensor, packed: KPacked, config: MatmulConfig | None = None, out_dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """y = x @ dequantize(W^T) for x [M, K] in fp16/bf16; y [M, N] in `out_dtype` (x's by default;
+    float32 keeps the kernel's accumulator unrounded)."""
     m, k = x.shape
     kw, n = packed.shape
     if kw != k:
@@ -285,8 +288,9 @@ def awq_matmul(x: torch.Tensor, packed: KPacked, config: MatmulConfig | None = N
     if packed.group % cfg.block_k or k % (cfg.block_k * cfg.split_k) or cfg.block_k % min_k:
         raise ValueError(f"block_k {cfg.block_k} must divide the group {packed.group}; block_k·split_k K {k}")
     x = x.contiguous()
+    out_dtype = out_dtype or x.dtype
     if cfg.split_k == 1:
-        y = torch.empty(m, n, dtype=x.dtype, device=x.device)
+        y = torch.empty(m, n, dtype=out_dtype, device=x.device)
     else:
         y = torch.zeros(m, n, dtype=torch.float32, device=x.device)
     grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, cfg.block_m), cfg.split_k)
@@ -297,7 +301,7 @@ def awq_matmul(x: torch.Tensor, packed: KPacked, config: MatmulConfig | None = N
             BLOCKS_PER_SPLIT=k // cfg.block_k // cfg.split_k, MAGIC=cfg.magic, num_warps=cfg.num_warps,
             num_stages=cfg.num_stages,
         )  # fmt: skip
-        return y if cfg.split_k == 1 else y.to(x.dtype)
+        return y.to(out_dtype)
     _awq_matmul_kernel[grid](
         x, packed.qweight, packed.zeros, packed.scales, y, m, n, x.stride(0), y.stride(0),
         GROUP=packed.group, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
@@ -306,7 +310,7 @@ def awq_matmul(x: torch.Tensor, packed: KPacked, config: MatmulConfig | None = N
         MAGIC=cfg.magic and cfg.block_m > 1 and x.dtype == torch.float16,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
-    return y if cfg.split_k == 1 else y.to(x.dtype)
+    return y.to(out_dtype)
 
 
 def awq_dequantize(packed: KPacked, dtype: torch.dtype) -> torch.Tensor:

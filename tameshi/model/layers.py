@@ -157,6 +157,8 @@ class Attention(nn.Module):
         self.o_proj = make_linear(
             config.awq, prefix + "o_proj", self.q_size, [config.hidden_size], config.o_bias
         )
+        if tp is not None:
+            self.o_proj.out_dtype = torch.float32  # partial sums added unrounded (linear.py)
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backend: AttentionBackend
@@ -170,7 +172,7 @@ class Attention(nn.Module):
         q, k = qk.split([self.n_heads, self.n_kv_heads], dim=1)
         v = qkv[:, self.q_size + self.kv_size :].view(t, self.n_kv_heads, self.head_dim)
         out = self.o_proj(backend.attend(self.layer, q, k, v).reshape(t, self.q_size))
-        return out if self.tp is None else self.tp.all_reduce(out)
+        return out if self.tp is None else self.tp.all_reduce(out).to(x.dtype)
 
 
 class MLP(nn.Module):
@@ -192,6 +194,8 @@ class MLP(nn.Module):
         self.down_proj = make_linear(
             config.awq, prefix + "down_proj", config.intermediate_size, [config.hidden_size], config.mlp_bias
         )
+        if tp is not None:
+            self.down_proj.out_dtype = torch.float32  # partial sums added unrounded (linear.py)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = self.gate_up_proj(x)
@@ -201,4 +205,4 @@ class MLP(nn.Module):
         else:
             gate, up = gate_up.split(self.intermediate_size, dim=-1)
             out = self.down_proj(F.silu(gate) * up)
-        return out if self.tp is None else self.tp.all_reduce(out)
+        return out if self.tp is None else self.tp.all_reduce(out).to(x.dtype)

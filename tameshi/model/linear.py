@@ -31,6 +31,10 @@ class _ShardedLinear(nn.Module):
             offsets.append(offsets[-1] + n)
         self.shards = {name: (offsets[i], offsets[i + 1]) for i, name in enumerate(names)}
         self.packed: Int8Weight | Int4Weight | None = None  # run-time weight-only form (CPU)
+        # Set to float32 on tensor parallel's row-parallel layers: each rank's partial sum is handed
+        # to the all-reduce unrounded, so the total is rounded to half precision once, as the one-GPU
+        # matmul rounds it (rounding each half first flips near ties in greedy decoding).
+        self.out_dtype: torch.dtype | None = None
 
     def _copy(
         self, param: torch.Tensor | None, part: slice, dim: int, tensor: torch.Tensor, name: str
@@ -73,7 +77,11 @@ class Linear(_ShardedLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
             return self._apply_packed(x, self.bias)
-        return F.linear(x, self.weight, self.bias)
+        if self.out_dtype in (None, x.dtype):
+            return F.linear(x, self.weight, self.bias)
+        y = matmul_to(x.reshape(-1, self.in_features), self.weight.t(), self.out_dtype)
+        y = y.reshape(*x.shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias
 
     def load(self, shard: str | None, kind: str, tensor: torch.Tensor, name: str) -> None:
         """Copy checkpoint tensor `name` (a `weight` or `bias`) into its shard's rows."""
@@ -164,7 +172,7 @@ class AWQLinear(_ShardedLinear):
         if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
             return self._forward_triton(x)
         w_t = self.dense_weight().t().to(x.dtype)
-        y = x @ w_t
+        y = x @ w_t if self.out_dtype in (None, x.dtype) else matmul_to(x, w_t, self.out_dtype)
         return y if self.bias is None else y + self.bias
 
     def repack_for_kernels(self) -> None:
@@ -180,13 +188,24 @@ class AWQLinear(_ShardedLinear):
 
         self.repack_for_kernels()
         x2 = x.reshape(-1, self.in_features)
+        out_dtype = self.out_dtype or x.dtype
         if x2.shape[0] <= FUSED_MAX_ROWS:
-            y = awq_triton.awq_matmul(x2, self.kernel_weight)
+            y = awq_triton.awq_matmul(x2, self.kernel_weight, out_dtype=out_dtype)
         else:  # prefill: a dense matrix on cuBLAS beats the fused kernel there (benchmarks/awq_kernels.py)
-            y = x2 @ awq_triton.awq_dequantize(self.kernel_weight, x.dtype)
+            y = matmul_to(x2, awq_triton.awq_dequantize(self.kernel_weight, x.dtype), out_dtype)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features)
+
+
+def matmul_to(x: torch.Tensor, w_t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """x @ w_t returned in `dtype` (float32 for a partial sum): on CUDA cuBLAS's own float32
+    accumulator, unrounded; elsewhere the product of the operands cast up."""
+    if x.dtype == dtype:
+        return x @ w_t
+    if x.is_cuda and x.dim() == 2:
+        return torch.mm(x, w_t, out_dtype=dtype)
+    return x.to(dtype) @ w_t.to(dtype)
 
 
 def make_linear(
