@@ -72,8 +72,9 @@ def kdequantize_reference(packed: KPacked) -> torch.Tensor:
 def _partial_product(x, codes, USE_DOT: tl.constexpr, DOT_FP32: tl.constexpr, MAGIC: tl.constexpr = False):
     """x [BLOCK_M, R] times codes [R, BLOCK_N] (ints 0..15), in fp32."""
     if USE_DOT:
-        if MAGIC:  # fp16 x only: 0x6400 | c is the fp16 number 1024 + c (see _magic_codes)
-            codes_x = (codes | 0x6400).to(tl.int16).to(tl.float16, bitcast=True) - 1024.0
+        if MAGIC:  # fp16 x only: 0x6400 | c is the fp16 number 1024 + c (see _magic_codes); the
+            # caller subtracts the 1024 with the zero point: x · (1024 + c - z) = x · (1024 + c) - (1024 + z) Σx
+            codes_x = (codes | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
         else:
             # Via fp32: the interpreter converts int -> bf16 wrongly. 0..15 is exact in fp16 and bf16.
             codes_x = codes.to(tl.float32).to(x.dtype)
@@ -133,6 +134,8 @@ def _awq_matmul_kernel(
             x_sum = tl.sum(x.to(tl.float32), axis=1)
         g = k0 // GROUP
         z = tl.load(z_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        if MAGIC:
+            z += 1024.0  # the codes came as 1024 + c (_partial_product)
         s = tl.load(s_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
         acc += s[None, :] * (xq - x_sum[:, None] * z[None, :])
 
