@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 
-from tameshi.engine.engine import Engine
+from tameshi.engine.engine import Engine, StepTimes
 from tameshi.sampling_params import SamplingParams
 
 
@@ -49,6 +49,8 @@ class BenchResult:
     # whether the batch took the solo run's second choice there (a near tie, not a batching bug)
     solo_part_margin: list[float] = dataclasses.field(default_factory=list)
     solo_part_second: list[bool] = dataclasses.field(default_factory=list)
+    # where the concurrent run's wall time went (Engine.step_times over that run)
+    concurrent_steps: StepTimes | None = None
 
     @property
     def weight_gbps(self) -> float:
@@ -60,6 +62,24 @@ class BenchResult:
             for m, second in zip(self.solo_part_margin, self.solo_part_second, strict=True)
         ]
         return "; ".join(parts)
+
+    def _step_rows(self) -> list[tuple[str, str]]:
+        t = self.concurrent_steps
+        if t is None:
+            return []
+        rows = []
+        if t.prefill_steps:
+            rows.append((
+                "  of which steps with prompt tokens",
+                f"{t.prefill_s:.2f} s: {t.prefill_steps} steps, {t.prefill_tokens / t.prefill_s:,.0f} prompt tokens/s",
+            ))  # fmt: skip
+        if t.decode_steps:
+            rows.append((
+                "  of which decode steps",
+                f"{t.decode_s:.2f} s: {t.decode_steps} steps, {1000 * t.decode_s / t.decode_steps:.1f} ms each "
+                f"at {t.decode_rows / t.decode_steps:.1f} sequences on average",
+            ))  # fmt: skip
+        return rows
 
     @property
     def bandwidth_share(self) -> float:
@@ -85,6 +105,7 @@ class BenchResult:
                 f"({self.concurrent_prompt_len} in, {self.concurrent_gen_len} out)",
                 f"{self.aggregate_tps:.1f} tokens/s",
             ),
+            *self._step_rows(),
             (
                 "greedy batch outputs equal to solo",
                 f"{self.solo_equal}/{self.solo_checked} (equal prefixes: "
@@ -211,12 +232,14 @@ def run_bench(
     prompts = [random_prompt(vocab, c_prompt, rng) for _ in range(concurrency)]
     got: dict[int, list[int]] = {i: [] for i in range(concurrency)}
     _sync(device)
+    engine.step_times = StepTimes()
     start = time.perf_counter()
     for i, out in engine.generate_batch([(p, fixed) for p in prompts]):
         got[i] += out.token_ids
     _sync(device)
     wall = time.perf_counter() - start
     aggregate = sum(len(t) for t in got.values()) / wall
+    steps, engine.step_times = engine.step_times, StepTimes()  # the solo runs below are not counted
 
     say("solo runs of part of the batch")
     checked = min(solo_checks, concurrency)
@@ -249,5 +272,5 @@ def run_bench(
         aggregate_tps=aggregate, solo_checked=checked, solo_equal=equal,
         solo_common_prefix=prefixes, solo_part_margin=margins, solo_part_second=seconds,
         peak_gpu_gb=peak_gpu,
-        peak_host_gb=rss / 1e9, tp=model.tp.world if model.tp is not None else 1,
+        peak_host_gb=rss / 1e9, tp=model.tp.world if model.tp is not None else 1, concurrent_steps=steps,
     )  # fmt: skip

@@ -33,7 +33,12 @@ def test_bench_on_a_synthetic_awq_model(tmp_path, capsys):
     awq_bytes = linear / 2 + (0.5 + d) * linear / group  # 4-bit codes; per group a 4-bit zero, a scale
     want = layers * (awq_bytes + 2 * h * d) + h * d + v * h * d
     assert abs(r["weight_gb"] * 1e9 - want) / want < 0.02
-    assert "tokens/s" in capsys.readouterr().out
+    # the concurrent run's steps: every prompt token computed in a prefill step, the other 7 tokens
+    # of each of the 3 requests in decode steps (the first comes out of its prefill)
+    steps = r["concurrent_steps"]
+    assert steps["prefill_tokens"] == 3 * 16 and steps["decode_rows"] == 3 * 7
+    assert steps["prefill_s"] > 0 and steps["decode_s"] > 0
+    assert "of which decode steps" in capsys.readouterr().out
 
 
 def test_weight_bytes_count_a_tied_head_once():

@@ -10,6 +10,7 @@ import dataclasses
 import itertools
 import logging
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -60,6 +61,34 @@ class EngineStats:
     preemptions: int
 
 
+@dataclass
+class StepTimes:
+    """Wall time spent in steps (forward and sampling; each ends on the sampled ids reaching the
+    host), split into pure decode steps and steps that carry prompt tokens (prefill chunks, with any
+    decodes batched beside them). Where batched throughput goes: `tameshi bench` reads it."""
+
+    decode_steps: int = 0
+    decode_s: float = 0.0
+    decode_rows: int = 0  # sequences summed over decode steps: / decode_steps is the mean batch
+    prefill_steps: int = 0
+    prefill_s: float = 0.0
+    prefill_tokens: int = 0  # prompt tokens computed in those steps
+
+    def add(self, batch: ScheduledBatch, seconds: float) -> None:
+        prompt = sum(
+            max(0, min(seq.prompt_len - seq.num_computed_tokens, n))
+            for seq, n in zip(batch.seqs, batch.num_tokens, strict=True)
+        )
+        if prompt:
+            self.prefill_steps += 1
+            self.prefill_s += seconds
+            self.prefill_tokens += prompt
+        else:
+            self.decode_steps += 1
+            self.decode_s += seconds
+            self.decode_rows += len(batch)
+
+
 class Engine:
     def __init__(
         self,
@@ -89,6 +118,7 @@ class Engine:
         self.runner = ModelRunner(model, self.cache, self._decode_graphs())
         self._ids = itertools.count()
         self._failures: list[tuple[int, Exception]] = []
+        self.step_times = StepTimes()
         gib = num_blocks * config.block_size * kv_bytes_per_token(model.rank_config, self.dtype) / 2**30
         log.info(
             "KV cache: %d blocks x %d tokens = %d tokens (%.2f GiB) on %s",
@@ -168,12 +198,14 @@ class Engine:
         batch = self.scheduler.schedule()
         if not batch:
             return []
+        start = time.perf_counter()
         try:
             sampled = self.runner.run(batch)
         except TensorParallelError:
             raise  # the model is broken, not a request: retrying one by one cannot help
         except Exception as exc:
             batch, sampled = self._run_one_by_one(batch, exc)
+        self.step_times.add(batch, time.perf_counter() - start)
         for seq, n in zip(batch.seqs, batch.num_tokens, strict=True):
             seq.num_computed_tokens += n
             self.blocks.commit(seq)
