@@ -9,6 +9,25 @@ from pathlib import Path
 import torch
 
 
+def step_rows(steps: dict | None) -> list[str]:
+    """Where the concurrent run's time went (tameshi bench's Engine.step_times)."""
+    if not steps:
+        return []
+    rows = []
+    if steps["prefill_steps"]:
+        rows.append(
+            f"| … steps with prompt tokens: {steps['prefill_steps']} in {steps['prefill_s']:.2f} s "
+            f"(prompt tokens/s) | {steps['prefill_tokens'] / steps['prefill_s']:,.0f} | – | – |"
+        )
+    if steps["decode_steps"]:
+        rows.append(
+            f"| … decode steps: {steps['decode_steps']} in {steps['decode_s']:.2f} s, mean batch "
+            f"{steps['decode_rows'] / steps['decode_steps']:.1f} (ms per step) "
+            f"| {1000 * steps['decode_s'] / steps['decode_steps']:.1f} | – | – |"
+        )
+    return rows
+
+
 def main(preset: str, ours_file: str, peer_file: str) -> None:
     ours = json.loads(Path(ours_file).read_text())
     peer = json.loads(Path(peer_file).read_text())
@@ -31,6 +50,7 @@ def main(preset: str, ours_file: str, peer_file: str) -> None:
         f"| {ratio(peer['ttft_s'], ours['ttft_s'])} faster |",
         f"| aggregate, {ours['concurrency']} concurrent ({ours['concurrent_prompt_len']} in, "
         f"{ours['concurrent_gen_len']} out) (tokens/s) | {ours['aggregate_tps']:.0f} | – | – |",
+        *step_rows(ours.get("concurrent_steps")),
         f"| greedy batch outputs equal to solo runs (equal prefix, tokens) | {ours['solo_equal']}/"
         f"{ours['solo_checked']} ({', '.join(map(str, ours['solo_common_prefix']))}) | – | – |",
         f"| weight bandwidth at batch 1 (GB/s) | {ours['weight_gbps']:.0f} "
