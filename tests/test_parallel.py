@@ -214,7 +214,10 @@ def test_cli_under_torchrun_equals_tp1(fp_dir):
 def test_tp2_equals_tp1_on_two_gpus(checkpoint, dtype, fp_dir, awq_dir):
     """NCCL across two GPUs: float32 runs the PyTorch path; float16 the Triton kernels (the AWQ ones on
     each rank's half of N or K, their float32 accumulators handed to the all-reduce). Tokens equal."""
+    from tameshi.model import linear
+
     check_tp_equals_single(fp_dir if checkpoint == "fp" else awq_dir, device="cuda", dtype=dtype)
+    assert linear._mm_out_dtype, "cuBLAS float32 partial sums (torch.mm out_dtype) fell back"
 
 
 @pytest.mark.gpu

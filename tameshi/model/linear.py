@@ -7,15 +7,18 @@ calls: forward, load (one checkpoint tensor into its shard), tensor_kinds, quant
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tameshi.errors import CorruptCheckpointError, UnsupportedModelError
+from tameshi.errors import CorruptCheckpointError, UnsupportedModelError, first_line
 from tameshi.kernels.cpu_weight_only import INT4_GROUP, Int4Weight, Int8Weight
 from tameshi.loading.awq import AWQConfig, dequantize_gemm
+
+log = logging.getLogger("tameshi")
 
 
 class _ShardedLinear(nn.Module):
@@ -201,11 +204,21 @@ class AWQLinear(_ShardedLinear):
 def matmul_to(x: torch.Tensor, w_t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """x @ w_t returned in `dtype` (float32 for a partial sum): on CUDA cuBLAS's own float32
     accumulator, unrounded; elsewhere the product of the operands cast up."""
+    global _mm_out_dtype
     if x.dtype == dtype:
         return x @ w_t
-    if x.is_cuda and x.dim() == 2:
-        return torch.mm(x, w_t, out_dtype=dtype)
+    if x.is_cuda and x.dim() == 2 and _mm_out_dtype:
+        try:
+            return torch.mm(x, w_t, out_dtype=dtype)
+        except (TypeError, RuntimeError) as e:  # a torch without it (added in 2.8)
+            _mm_out_dtype = False
+            log.warning("torch.mm has no out_dtype here (%s); partial sums are rounded first", first_line(e))
+    if x.is_cuda:
+        return (x @ w_t).to(dtype)
     return x.to(dtype) @ w_t.to(dtype)
+
+
+_mm_out_dtype = True
 
 
 def make_linear(
