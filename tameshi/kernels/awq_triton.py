@@ -243,11 +243,6 @@ class MatmulConfig:
     magic: bool = False
 
 
-# MatmulConfig.magic everywhere the defaults are used (the model's layers too): an experiment switch
-# until the GPU timings decide the default
-_MAGIC = os.environ.get("TAMESHI_AWQ_MAGIC", "0") not in ("", "0")
-
-
 def default_config(m: int, n: int, k: int, group: int) -> MatmulConfig:
     """Tiles by row count, from the sweep in benchmarks/awq_kernels.py on an H100 (67B shapes).
 
@@ -261,13 +256,15 @@ def default_config(m: int, n: int, k: int, group: int) -> MatmulConfig:
     n_blocks = k // block_k
     if m == 1:
         split = _split(n_blocks, per_program=4)
-        return MatmulConfig(1, 64, block_k, split, num_warps=4, by_word=True, magic=_MAGIC)
+        return MatmulConfig(1, 64, block_k, split, num_warps=4, by_word=True)
     if m <= 16:
-        return MatmulConfig(16, 128, block_k, _split(n_blocks, per_program=1), num_warps=8, magic=_MAGIC)
+        return MatmulConfig(16, 128, block_k, _split(n_blocks, per_program=1), num_warps=8)
     # Up to 64 rows (batched decode): one 64-row tile, K split in two only where N alone gives too
-    # few programs to fill the GPU (o and down at 67B: 128 column tiles).
+    # few programs to fill the GPU (o and down at 67B: 128 column tiles). Codes to fp16 by exponent
+    # bits (fp16 activations): 6-19% faster here on an H200, where with 1-16 rows it was no faster or
+    # up to 2x slower (benchmarks/results/awq-kernels-h200.md).
     split = 2 if n // 64 < 150 and n_blocks % 2 == 0 else 1
-    return MatmulConfig(64, 64, block_k, split, num_warps=4, magic=_MAGIC)
+    return MatmulConfig(64, 64, block_k, split, num_warps=4, magic=True)
 
 
 def _split(n_blocks: int, per_program: int) -> int:
