@@ -3,7 +3,8 @@
     python benchmarks/awq_kernels.py [--sweep] [--out benchmarks/results/awq-kernels-h100.md]
 
 For each shape and row count M it times:
-  tameshi fused     tameshi.kernels.awq_triton.awq_matmul (dequantization fused, split K for decode)
+  tameshi convert   tameshi.kernels.awq_triton.awq_matmul (dequantization fused, split K for decode),
+                    the default tiles with codes turned into floats by int-to-float conversions
   tameshi magic     the same tiles with codes turned into floats by exponent bits, not conversions
                     (MatmulConfig.magic; the tensor-core path only for fp16)
   tameshi deq+mm    awq_dequantize to fp16, then cuBLAS
@@ -166,10 +167,11 @@ def bench_shape(name: str, k: int, n: int, copy_gbs: float, autoawq) -> list[str
         x = torch.randn(m, k, device="cuda", dtype=torch.float16)
         xb = x.bfloat16()
         magic = dataclasses.replace(default_config(m, n, k, GROUP), magic=True)
+        convert = dataclasses.replace(magic, magic=False)
         t = {
             "auto": graph_ms([lambda c=c: c[0](x) for c in copies]),  # noqa: B023
             "eager": bench_ms(lambda: copies[0][0](x)),  # noqa: B023
-            "fused": graph_ms([lambda c=c: awq_matmul(x, c[0].kernel_weight) for c in copies]),  # noqa: B023
+            "fused": graph_ms([lambda c=c: awq_matmul(x, c[0].kernel_weight, convert) for c in copies]),  # noqa: B023
             "magic": graph_ms([lambda c=c: awq_matmul(x, c[0].kernel_weight, magic) for c in copies]),  # noqa: B023
             "deq": graph_ms([lambda c=c: x @ awq_dequantize(c[0].kernel_weight, x.dtype) for c in copies]),  # noqa: B023
             "tiny": graph_ms([lambda c=c: c[4](xb) for c in copies]) if copies[0][4] else float("nan"),  # noqa: B023
@@ -229,7 +231,7 @@ def main() -> None:
         "larger than L2 together), effective weight bandwidth in GB/s and % of the copy bandwidth. "
         "The last column is tameshi's call launched from Python (CUDA events, L2 flushed), launch overhead included.",
         "",
-        "| shape | M | tameshi auto | tameshi fused | tameshi magic | tameshi deq+mm | torch int4pack "
+        "| shape | M | tameshi auto | tameshi convert | tameshi magic | tameshi deq+mm | torch int4pack "
         "| AutoAWQ triton | auto GB/s | auto % copy | auto vs AutoAWQ | auto, eager |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]

@@ -72,7 +72,7 @@ def kdequantize_reference(packed: KPacked) -> torch.Tensor:
 def _partial_product(x, codes, USE_DOT: tl.constexpr, DOT_FP32: tl.constexpr, MAGIC: tl.constexpr = False):
     """x [BLOCK_M, R] times codes [R, BLOCK_N] (ints 0..15), in fp32."""
     if USE_DOT:
-        if MAGIC:  # fp16 x only: 0x6400 | c is the fp16 number 1024 + c (see _magic_codes); the
+        if MAGIC:  # fp16 x only: 0x6400 | c is the fp16 number 1024 + c (as in _code_pairs); the
             # caller subtracts the 1024 with the zero point: x · (1024 + c - z) = x · (1024 + c) - (1024 + z) Σx
             codes_x = (codes | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
         else:
@@ -148,31 +148,35 @@ def _awq_matmul_kernel(
 
 
 @triton.jit
-def _magic_codes(words, j: tl.constexpr):
-    """Code j (0..7) of each word as fp32, times 2^(4·(j mod 5)), with no int -> float conversion.
+def _code_pairs(words, jj: tl.constexpr, ASM: tl.constexpr):
+    """Codes jj and jj + 4 (jj in 0..3) of each word as fp32 numbers 1024 + c, by exponent bits.
 
-    Conversions run at 16 per clock on an SM against 64-128 for bit operations and fp32 adds, so
-    converting 8 codes per 4-byte word caps a one-row kernel near 70% of an H100's memory bandwidth.
-    Instead: the nibble, left in place, is OR-ed into the mantissa of the fp32 number 2^23 (bits
-    0x4B000000), which makes the float 2^23 + c·2^(4j) exactly; one subtraction leaves c·2^(4j). Nibbles
-    0-4 sit in the 23 mantissa bits as they are; 5-7 after one shift of the whole word by 20. The
-    caller scales x by 2^(-4j) instead (exact: a power of two)."""
-    if j < 5:  # noqa: SIM108 - a branch on a constexpr, resolved when the kernel compiles
-        part = words & (0xF << (4 * j))
+    One shift and one bit operation put both nibbles under the fp16 exponent of 1024 (0x6400 in each
+    half of the word: each half is then the fp16 number 1024 + c exactly); the halves become fp32 on
+    the FMA pipe. The one-row kernel spent ~3 integer instructions per weight on shift, extract and
+    int-to-float (Nsight Compute: its integer pipe was the busiest, 74%): this spends under one. The
+    1024 leaves with the zero point. ASM splits the word's halves with a register move (PTX); the
+    interpreter, which runs no PTX, masks and shifts instead."""
+    pair = ((words >> (4 * jj)) & 0x000F000F) | 0x64006400
+    if ASM:
+        lo, hi = tl.inline_asm_elementwise(
+            "mov.b32 {$0, $1}, $2;", "=h,=h,r", [pair], dtype=(tl.float16, tl.float16), is_pure=True, pack=1
+        )
     else:
-        part = (words >> 20) & (0xF << (4 * (j - 5)))
-    return (part | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+        lo = (pair & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)
+        hi = (pair >> 16).to(tl.int16).to(tl.float16, bitcast=True)
+    return lo.to(tl.float32), hi.to(tl.float32)
 
 
 @triton.jit
 def _awq_gemv_kernel(
     x_ptr, w_ptr, z_ptr, s_ptr, y_ptr, N, stride_xm, stride_ym,
     GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-    BLOCKS_PER_SPLIT: tl.constexpr, MAGIC: tl.constexpr,
+    BLOCKS_PER_SPLIT: tl.constexpr, MAGIC: tl.constexpr, ASM: tl.constexpr,
 ):  # fmt: skip
     """One activation row (decode): each packed word loaded once, its 8 codes multiplied on CUDA cores
     into a [BLOCK_K/8, BLOCK_N] accumulator that is reduced over K only once, at the end (a reduction
-    per K block would cross threads every time). MAGIC: codes to floats by _magic_codes."""
+    per K block would cross threads every time). MAGIC: codes to floats two at a time (_code_pairs)."""
     pid_n = tl.program_id(0)
     row = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -188,15 +192,24 @@ def _awq_gemv_kernel(
         )
         xq = tl.zeros((R, BLOCK_N), dtype=tl.float32)
         x_sum = tl.zeros((R,), dtype=tl.float32)
-        for j in tl.static_range(8):
-            x = tl.load(x_ptr + row * stride_xm + k0 + offs_r * 8 + j).to(tl.float32)
-            if MAGIC:
-                xq += (x * (1.0 / (1 << (4 * (j % 5)))))[:, None] * _magic_codes(words, j)
-            else:
+        x_row = x_ptr + row * stride_xm + k0 + offs_r * 8
+        if MAGIC:
+            for jj in tl.static_range(4):
+                x_lo = tl.load(x_row + jj).to(tl.float32)
+                x_hi = tl.load(x_row + jj + 4).to(tl.float32)
+                lo, hi = _code_pairs(words, jj, ASM)
+                xq += x_lo[:, None] * lo  # two statements: two fused multiply-adds
+                xq += x_hi[:, None] * hi
+                x_sum += x_lo + x_hi
+        else:
+            for j in tl.static_range(8):
+                x = tl.load(x_row + j).to(tl.float32)
                 xq += x[:, None] * ((words >> (4 * j)) & 0xF).to(tl.float32)
-            x_sum += x
+                x_sum += x
         g = k0 // GROUP
         z = tl.load(z_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        if MAGIC:
+            z += 1024.0  # the codes came as 1024 + c
         sc = tl.load(s_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
         acc += sc[None, :] * (xq - x_sum[:, None] * z[None, :])
     out = tl.sum(acc, axis=0)
@@ -238,7 +251,7 @@ class MatmulConfig:
     num_warps: int = 4
     num_stages: int = 3
     by_word: bool = False  # load each packed word once and unroll its 8 rows (else: repeat loads, L1)
-    # codes to floats by bit operations and an add, not conversions (_magic_codes); the tensor-core
+    # codes to floats by exponent bits, not conversions (_code_pairs); the tensor-core
     # path does it for fp16 activations only
     magic: bool = False
 
@@ -256,7 +269,7 @@ def default_config(m: int, n: int, k: int, group: int) -> MatmulConfig:
     n_blocks = k // block_k
     if m == 1:
         split = _split(n_blocks, per_program=4)
-        return MatmulConfig(1, 64, block_k, split, num_warps=4, by_word=True)
+        return MatmulConfig(1, 64, block_k, split, num_warps=4, by_word=True, magic=True)
     if m <= 16:
         return MatmulConfig(16, 128, block_k, _split(n_blocks, per_program=1), num_warps=8)
     # Up to 64 rows (batched decode): one 64-row tile, K split in two only where N alone gives too
@@ -298,7 +311,8 @@ def awq_matmul(
         _awq_gemv_kernel[grid](
             x, packed.qweight, packed.zeros, packed.scales, y, n, x.stride(0), y.stride(0),
             GROUP=packed.group, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k,
-            BLOCKS_PER_SPLIT=k // cfg.block_k // cfg.split_k, MAGIC=cfg.magic, num_warps=cfg.num_warps,
+            BLOCKS_PER_SPLIT=k // cfg.block_k // cfg.split_k, MAGIC=cfg.magic, ASM=not _interpreted(),
+            num_warps=cfg.num_warps,
             num_stages=cfg.num_stages,
         )  # fmt: skip
         return y.to(out_dtype)
