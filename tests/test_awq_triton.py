@@ -12,6 +12,7 @@ from tameshi.loading.awq import dequantize_gemm, pack_gemm
 triton = pytest.importorskip("triton")
 from tameshi.kernels.awq_triton import (  # noqa: E402
     MatmulConfig,
+    _scratch,
     awq_dequantize,
     awq_matmul,
     default_config,
@@ -90,6 +91,19 @@ def test_float32_output_is_the_unrounded_accumulator(config):
     torch.testing.assert_close(y.cpu(), ref, rtol=1e-5, atol=1e-5 * scale)
     rounded = awq_matmul(x, packed, config).cpu().float()
     assert (rounded - ref).abs().max() > 10 * (y.cpu() - ref).abs().max()
+
+
+def test_split_k_leaves_its_scratch_zero():
+    """Split K sums in a shared float32 workspace that the last split of each tile zeroes again: calls
+    repeat exactly, and between calls workspace and tile counters are all zero."""
+    packed, w = packed_and_reference(256, 96, 64, seed=5)
+    x = torch.randn(3, 256, generator=torch.Generator().manual_seed(5)).half().to(DEVICE)
+    for cfg in (MatmulConfig(1, 64, 64, 2, by_word=True), MatmulConfig(16, 64, 64, 4)):
+        first = awq_matmul(x[:1] if cfg.block_m == 1 else x, packed, cfg)
+        again = awq_matmul(x[:1] if cfg.block_m == 1 else x, packed, cfg)
+        assert torch.equal(first, again)
+        ws, counts = _scratch[x.device]
+        assert not ws.any() and not counts.any()
 
 
 @pytest.mark.parametrize("group", [32, 128])

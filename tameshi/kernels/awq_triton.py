@@ -88,8 +88,27 @@ def _partial_product(x, codes, USE_DOT: tl.constexpr, DOT_FP32: tl.constexpr, MA
 
 
 @triton.jit
+def _store_output(out, y_ptrs, ws_ptrs, count_ptr, mask, SPLIT_K: tl.constexpr):
+    """Write this program's part of y. Under split K each split adds its partial sum into a float32
+    workspace, and the split that finishes a tile last (a counter per tile tells it) writes the sum to
+    y in y's dtype and sets workspace and counter back to zero for the next call: one kernel, where
+    zeroing y before it and casting after it took three launches."""
+    if SPLIT_K == 1:
+        tl.store(y_ptrs, out.to(y_ptrs.dtype.element_ty), mask=mask)
+    else:
+        tl.atomic_add(ws_ptrs, out, mask=mask, sem="relaxed")
+        tl.debug_barrier()  # all of this program's adds are issued before it counts itself done
+        done = tl.atomic_add(count_ptr, 1, sem="acq_rel")  # release: its adds; acquire: the others'
+        if done == SPLIT_K - 1:
+            total = tl.load(ws_ptrs, mask=mask, other=0.0, cache_modifier=".cg")  # from L2, not L1
+            tl.store(y_ptrs, total.to(y_ptrs.dtype.element_ty), mask=mask)
+            tl.store(ws_ptrs, tl.zeros_like(total), mask=mask)
+            tl.store(count_ptr, 0)
+
+
+@triton.jit
 def _awq_matmul_kernel(
-    x_ptr, w_ptr, z_ptr, s_ptr, y_ptr, M, N, stride_xm, stride_ym,
+    x_ptr, w_ptr, z_ptr, s_ptr, y_ptr, ws_ptr, count_ptr, M, N, stride_xm, stride_ym,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, BLOCKS_PER_SPLIT: tl.constexpr, USE_DOT: tl.constexpr, DOT_FP32: tl.constexpr,
     BY_WORD: tl.constexpr, MAGIC: tl.constexpr,
@@ -140,11 +159,9 @@ def _awq_matmul_kernel(
         acc += s[None, :] * (xq - x_sum[:, None] * z[None, :])
 
     y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
+    ws_ptrs = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
     mask = mask_m[:, None] & mask_n[None, :]
-    if SPLIT_K == 1:
-        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
-    else:
-        tl.atomic_add(y_ptrs, acc, mask=mask)
+    _store_output(acc, y_ptrs, ws_ptrs, count_ptr + pid_m * tl.num_programs(0) + pid_n, mask, SPLIT_K)
 
 
 @triton.jit
@@ -170,7 +187,7 @@ def _code_pairs(words, jj: tl.constexpr, ASM: tl.constexpr):
 
 @triton.jit
 def _awq_gemv_kernel(
-    x_ptr, w_ptr, z_ptr, s_ptr, y_ptr, N, stride_xm, stride_ym,
+    x_ptr, w_ptr, z_ptr, s_ptr, y_ptr, ws_ptr, count_ptr, N, stride_xm, stride_ym,
     GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
     BLOCKS_PER_SPLIT: tl.constexpr, MAGIC: tl.constexpr, ASM: tl.constexpr,
 ):  # fmt: skip
@@ -213,11 +230,8 @@ def _awq_gemv_kernel(
         sc = tl.load(s_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
         acc += sc[None, :] * (xq - x_sum[:, None] * z[None, :])
     out = tl.sum(acc, axis=0)
-    y_ptrs = y_ptr + row * stride_ym + offs_n
-    if SPLIT_K == 1:
-        tl.store(y_ptrs, out.to(y_ptr.dtype.element_ty), mask=mask_n)
-    else:
-        tl.atomic_add(y_ptrs, out, mask=mask_n)
+    count = count_ptr + row * tl.num_programs(0) + pid_n
+    _store_output(out, y_ptr + row * stride_ym + offs_n, ws_ptr + row * N + offs_n, count, mask_n, SPLIT_K)
 
 
 @triton.jit
@@ -301,30 +315,45 @@ def awq_matmul(
     if packed.group % cfg.block_k or k % (cfg.block_k * cfg.split_k) or cfg.block_k % min_k:
         raise ValueError(f"block_k {cfg.block_k} must divide the group {packed.group}; block_k·split_k K {k}")
     x = x.contiguous()
-    out_dtype = out_dtype or x.dtype
-    if cfg.split_k == 1:
-        y = torch.empty(m, n, dtype=out_dtype, device=x.device)
-    else:
-        y = torch.zeros(m, n, dtype=torch.float32, device=x.device)
+    y = torch.empty(m, n, dtype=out_dtype or x.dtype, device=x.device)
     grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, cfg.block_m), cfg.split_k)
+    ws, counts = split_k_scratch(x.device, m * n, grid[0] * grid[1]) if cfg.split_k > 1 else (y, y)
     if cfg.block_m == 1 and cfg.by_word:
         _awq_gemv_kernel[grid](
-            x, packed.qweight, packed.zeros, packed.scales, y, n, x.stride(0), y.stride(0),
+            x, packed.qweight, packed.zeros, packed.scales, y, ws, counts, n, x.stride(0), y.stride(0),
             GROUP=packed.group, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k,
             BLOCKS_PER_SPLIT=k // cfg.block_k // cfg.split_k, MAGIC=cfg.magic, ASM=not _interpreted(),
             num_warps=cfg.num_warps,
             num_stages=cfg.num_stages,
         )  # fmt: skip
-        return y.to(out_dtype)
+        return y
     _awq_matmul_kernel[grid](
-        x, packed.qweight, packed.zeros, packed.scales, y, m, n, x.stride(0), y.stride(0),
+        x, packed.qweight, packed.zeros, packed.scales, y, ws, counts, m, n, x.stride(0), y.stride(0),
         GROUP=packed.group, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         SPLIT_K=cfg.split_k, BLOCKS_PER_SPLIT=k // cfg.block_k // cfg.split_k, USE_DOT=cfg.block_m > 1,
         DOT_FP32=x.dtype == torch.bfloat16 and _interpreted(), BY_WORD=cfg.by_word,
         MAGIC=cfg.magic and cfg.block_m > 1 and x.dtype == torch.float16,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
-    return y.to(out_dtype)
+    return y
+
+
+# Per device: the split-K workspace (float32) and tile counters, all zero between kernels (each
+# kernel's last split per tile zeroes what it used). Kernels on one stream run one after another, so
+# one scratch serves every layer; it only grows, and AWQLinear sizes it at load, before any capture.
+_scratch: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def split_k_scratch(device: torch.device, values: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The zeroed workspace (>= `values` floats) and counters (>= `tiles`) on `device`."""
+    ws, counts = _scratch.get(device, (None, None))
+    if ws is None or ws.numel() < values or counts.numel() < tiles:
+        values = max(values, ws.numel() if ws is not None else 0)
+        tiles = max(tiles, counts.numel() if counts is not None else 0)
+        ws = torch.zeros(values, dtype=torch.float32, device=device)
+        counts = torch.zeros(tiles, dtype=torch.int32, device=device)
+        _scratch[device] = (ws, counts)
+    return ws, counts
 
 
 def awq_dequantize(packed: KPacked, dtype: torch.dtype) -> torch.Tensor:
