@@ -6,12 +6,12 @@ tokens are tp=1's.
 For each tp (the first one is the reference): `tameshi bench`'s measurements (TTFT, batch-1 decode,
 aggregate at --concurrency, weight bandwidth against the GPU's own copy bandwidth) and the greedy
 tokens of a few fixed prompts, compared with the reference's. In half precision a different summation
-order (the all-reduce adds partial sums) can flip a near tie of random weights' flat logits, so the
-table gives the tokens equal before the first difference; `--exact-dtype float32` loads the model
+order (the all-reduce adds float32 partial sums; cuBLAS picks other kernels for a rank's narrower
+matrices) can flip a near tie of random weights' flat logits, so the table gives the tokens equal before
+the first difference, and there the reference's top-2 margin and whether tp=N took its second choice; `--exact-dtype float32` loads the model
 again in float32 at each tp, where no half-precision rounding hides behind the order, and its tokens
 must be equal outright.
 
-Decode steps at tp > 1 run eagerly unless TAMESHI_TP_CUDA_GRAPHS=1 (EngineConfig.tp_cuda_graphs).
 """
 
 from __future__ import annotations
@@ -31,9 +31,30 @@ from tameshi.bench import common_prefix, random_prompt, run_bench
 from tameshi.engine.engine import EngineConfig
 
 
-def _greedy(llm: LLM, prompts: list[list[int]], gen_len: int) -> list[list[int]]:
-    params = SamplingParams(max_new_tokens=gen_len, min_new_tokens=gen_len, do_sample=False, ignore_eos=True)
-    return [c.token_ids for c in llm.generate(prompts, params)]
+def _greedy(llm: LLM, prompts: list[list[int]], gen_len: int) -> tuple[list[list[int]], list[list]]:
+    """Each prompt's greedy tokens, and at every token the top two (id, logprob)."""
+    params = SamplingParams(
+        max_new_tokens=gen_len, min_new_tokens=gen_len, do_sample=False, ignore_eos=True, logprobs=2
+    ).resolve({})
+    tokens: list[list[int]] = [[] for _ in prompts]
+    tops: list[list] = [[] for _ in prompts]
+    for i, out in llm.engine.generate_batch([(p, params) for p in prompts]):
+        tokens[i] += out.token_ids
+        tops[i] += [lp.top for lp in out.logprobs or []]
+    return tokens, tops
+
+
+def _partings(tokens: list[list[int]], want: list[list[int]], want_tops: list[list]) -> list[str]:
+    """Where a prompt's tokens part from the reference's: the reference's top-2 margin there, and
+    whether this run took the reference's second choice (a near tie, not a wrong shard)."""
+    notes = []
+    for got, ref, top in zip(tokens, want, want_tops, strict=True):
+        at = common_prefix(got, ref)
+        if at < min(len(got), len(ref)) and at < len(top) and len(top[at]) >= 2:
+            (_, first), (second_id, second) = top[at][:2]
+            choice = "its 2nd choice" if second_id == got[at] else "another token"
+            notes.append(f"at {at}: margin {first - second:.3g} nats, took {choice}")
+    return notes
 
 
 def _load(model: str, dtype: str, tp: int, max_num_seqs: int) -> tuple[LLM, float]:
@@ -75,13 +96,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json", default=None, help="Also write the raw results here.")
     args = ap.parse_args(argv)
 
-    rows, want, exact_want = [], None, None
+    rows, want, want_tops, exact_want = [], None, None, None
     for tp in args.tp:
         print(f"== tp={tp}, {args.dtype}", file=sys.stderr, flush=True)
         llm, load_s = _load(args.model, args.dtype, tp, max(args.concurrency, args.check_prompts))
         rng = random.Random(1)
         prompts = [random_prompt(llm.loaded.config.vocab_size, 32, rng) for _ in range(args.check_prompts)]
-        tokens = _greedy(llm, prompts, args.check_len)
+        tokens, tops = _greedy(llm, prompts, args.check_len)
         steps = "CUDA graphs" if llm.engine.runner.graphs is not None else "eager"
         result = run_bench(
             llm, args.model, prompt_len=args.prompt_len, gen_len=args.gen_len,
@@ -91,18 +112,20 @@ def main(argv: list[str] | None = None) -> dict:
         llm.close()
         del llm
         _collect()
-        want = tokens if want is None else want
+        if want is None:
+            want, want_tops = tokens, tops
         row = dataclasses.asdict(result) | {
             "decode_steps": steps,
             "weight_gbps": result.weight_gbps, "bandwidth_share": result.bandwidth_share,
             "equal_prefix": [common_prefix(t, w) for t, w in zip(tokens, want, strict=True)],
+            "partings": _partings(tokens, want, want_tops),
         }  # fmt: skip
         if args.exact_dtype:
             exact = tokens
             if args.exact_dtype != args.dtype:
                 print(f"== tp={tp}, {args.exact_dtype} (token check)", file=sys.stderr, flush=True)
                 llm, _ = _load(args.model, args.exact_dtype, tp, args.check_prompts)
-                exact = _greedy(llm, prompts, args.check_len)
+                exact, _ = _greedy(llm, prompts, args.check_len)
                 llm.close()
                 del llm
                 _collect()
@@ -121,7 +144,8 @@ def main(argv: list[str] | None = None) -> dict:
             str(r["tp"]), r["decode_steps"], f"{r['load_s']:.1f}", f"{r['ttft_s'] * 1000:.0f}", f"{r['decode_tps']:.1f}",
             f"{r['aggregate_tps']:.0f}", f"{r['weight_gb']:.2f}", f"{100 * r['bandwidth_share']:.0f}%",
             f"{r['decode_tps'] / base['decode_tps']:.2f}x",
-            f"prefixes {', '.join(map(str, r['equal_prefix']))} of {args.check_len}",
+            f"prefixes {', '.join(map(str, r['equal_prefix']))} of {args.check_len}"
+            + "".join(f" ({note})" for note in r["partings"]),
         ]  # fmt: skip
         if args.exact_dtype:
             cells.append(f"{r['exact_equal']}/{args.check_prompts} prompts equal")
