@@ -6,11 +6,11 @@
 #      128 GB disk, so each rank draws the same random tensors in memory (`synth:PRESET`) and keeps
 #      its shard; loader, sharding and engine are the written checkpoint's.
 #
-#   benchmarks/run_tp.sh [RESULTS_DIR]      (TAMESHI_TP_CUDA_GRAPHS=1: tp=2 decode as CUDA graphs)
+#   benchmarks/run_tp.sh [RESULTS_DIR]
 set -uo pipefail
 results=${1:-benchmarks/results}
 work=${WORK:-/tmp/tameshi-tp}
-day=$(date +%F)$([ "${TAMESHI_TP_CUDA_GRAPHS:-0}" = 1 ] && echo -graphs)
+day=$(date +%F)
 mkdir -p "$work" "$results"
 # NVLink SHARP multicast stays off on the lent multi-GPU machines (their KINDS.md)
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1

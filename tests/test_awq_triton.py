@@ -99,9 +99,14 @@ def test_split_k_leaves_its_scratch_zero():
     packed, w = packed_and_reference(256, 96, 64, seed=5)
     x = torch.randn(3, 256, generator=torch.Generator().manual_seed(5)).half().to(DEVICE)
     for cfg in (MatmulConfig(1, 64, 64, 2, by_word=True), MatmulConfig(16, 64, 64, 4)):
-        first = awq_matmul(x[:1] if cfg.block_m == 1 else x, packed, cfg)
-        again = awq_matmul(x[:1] if cfg.block_m == 1 else x, packed, cfg)
+        rows = x[:1] if cfg.block_m == 1 else x
+        first = awq_matmul(rows, packed, cfg)
+        again = awq_matmul(rows, packed, cfg)
         assert torch.equal(first, again)
+        ref = rows.cpu().float() @ w
+        torch.testing.assert_close(
+            first.cpu().float(), ref, rtol=2**-11, atol=2**-11 * ref.abs().max().item()
+        )
         ws, counts = _scratch[x.device]
         assert not ws.any() and not counts.any()
 

@@ -228,7 +228,7 @@ def test_tp2_cuda_graph_step_equals_eager_on_two_gpus(fp_dir):
     graphs on both ranks, and closing returns (graphs released before NCCL's communicator)."""
     from tameshi.engine.engine import EngineConfig
 
-    config = EngineConfig(tp_cuda_graphs=True, max_num_seqs=4)
+    config = EngineConfig(max_num_seqs=4)
     llm = LLM(str(fp_dir), device="cuda", dtype="float16", progress=False, tp=2, engine_config=config)
     try:
         engine, model = llm.engine, llm.loaded.model

@@ -6,10 +6,8 @@ conveniences for the synchronous Python API. Not thread-safe: `AsyncEngine` give
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,13 +38,9 @@ class EngineConfig:
     cpu_kv_cache_gib: float = 1.0
     gpu_memory_utilization: float = 0.9  # of the GPU's memory, model included, the engine may use
     enable_prefix_caching: bool = True
-    cuda_graphs: bool = True  # decode steps replayed as CUDA graphs (fp16/bf16 on CUDA)
-    # ... under tensor parallel too, the NCCL all-reduces captured inside: off until it has run on a
-    # 2-GPU machine (the CPU tests check everything but the capture itself); TAMESHI_TP_CUDA_GRAPHS=1
-    # turns it on for every entry point (ask, serve, bench)
-    tp_cuda_graphs: bool = dataclasses.field(
-        default_factory=lambda: os.environ.get("TAMESHI_TP_CUDA_GRAPHS", "0") not in ("", "0")
-    )
+    # decode steps replayed as CUDA graphs (fp16/bf16 on CUDA); under tensor parallel every rank
+    # replays its own, the NCCL all-reduces captured inside
+    cuda_graphs: bool = True
 
 
 @dataclass(frozen=True)
@@ -130,8 +124,6 @@ class Engine:
         # the host, which a graph cannot.
         c = self.config
         if not c.cuda_graphs or self.device.type != "cuda" or self.dtype == torch.float32:
-            return None
-        if self.model.tp is not None and not c.tp_cuda_graphs:
             return None
         if self.model.config.rope.type == "dynamic":
             return None

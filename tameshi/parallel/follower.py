@@ -8,7 +8,7 @@ slots. Only rank 0 samples: the logits are gathered on every rank (the gather is
 forward), but sampling state (seeded generators, penalties, stop strings) lives with rank 0's
 sequences alone, so there is nothing to keep in step. This is the simplest design that is exactly
 tp=1's engine on rank 0; its cost is one small pickled message per step on the gloo control group.
-Decode steps that rank 0 replays as CUDA graphs (EngineConfig.tp_cuda_graphs) arrive as CaptureGraphs
+Decode steps that rank 0 replays as CUDA graphs (EngineConfig.cuda_graphs) arrive as CaptureGraphs
 once and then a GraphStep each: the follower captures and replays its own (engine/cuda_graphs.py).
 """
 
