@@ -61,6 +61,7 @@ CASES = [  # m, k, n, group, config (None = the default for the shape)
     (1, 256, 96, 64, MatmulConfig(1, 64, 64, 2, by_word=True, magic=True)),
     (20, 256, 64, 128, MatmulConfig(32, 32, 64, 2, magic=True)),  # the tensor-core path (fp16)
     (16, 256, 64, 128, MatmulConfig(16, 64, 128, 2, by_word=True, magic=True)),
+    (20, 256, 64, 64, MatmulConfig(32, 64, 64, 2, by_word=True, magic=True)),  # words spread over 64 rows
 ]
 
 

@@ -131,19 +131,17 @@ def _awq_matmul_kernel(
     for i in range(BLOCKS_PER_SPLIT):
         k0 = (pid_k * BLOCKS_PER_SPLIT + i) * BLOCK_K
         if BY_WORD:
-            # Each word loaded once; row j of every 8 is one shift of the whole [BLOCK_K/8, BLOCK_N] tile.
+            # Each word loaded once and spread over its 8 rows in registers: [BLOCK_K/8, 8, BLOCK_N]
+            # shifts, read as [BLOCK_K, BLOCK_N] (row 8r + j is code j of word row r), one dot.
             offs_r = tl.arange(0, BLOCK_K // 8)
             words = tl.load(
                 w_ptr + (k0 // 8 + offs_r)[:, None] * N + offs_n[None, :], mask=mask_n[None, :], other=0
             )
-            xq = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            x_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
-            for j in tl.static_range(8):
-                codes = (words >> (4 * j)) & 0xF
-                x_cols = x_ptr + offs_m[:, None] * stride_xm + (k0 + offs_r * 8 + j)[None, :]
-                x = tl.load(x_cols, mask=mask_m[:, None], other=0.0)
-                xq += _partial_product(x, codes, USE_DOT, DOT_FP32, MAGIC)
-                x_sum += tl.sum(x.to(tl.float32), axis=1)
+            nibbles = (words[:, None, :] >> (tl.arange(0, 8) * 4)[None, :, None]) & 0xF
+            codes = tl.reshape(nibbles, (BLOCK_K, BLOCK_N))
+            x = tl.load(x_ptrs + k0, mask=mask_m[:, None], other=0.0)
+            xq = _partial_product(x, codes, USE_DOT, DOT_FP32, MAGIC)
+            x_sum = tl.sum(x.to(tl.float32), axis=1)
         else:
             # Each word loaded for all 8 of its rows (repeats hit L1), one shift per row.
             packed = tl.load(w_ptrs + (k0 // 8) * N, mask=mask_n[None, :], other=0)
@@ -264,7 +262,9 @@ class MatmulConfig:
     split_k: int
     num_warps: int = 4
     num_stages: int = 3
-    by_word: bool = False  # load each packed word once and unroll its 8 rows (else: repeat loads, L1)
+    # load each packed word once and unroll its 8 rows in registers (else: each row loads its word,
+    # the repeats served by L1 / shared memory)
+    by_word: bool = False
     # codes to floats by exponent bits, not conversions (_code_pairs); the tensor-core
     # path does it for fp16 activations only
     magic: bool = False
@@ -310,8 +310,7 @@ def awq_matmul(
     if kw != k:
         raise ValueError(f"weight is [{kw}, {n}] (K, N) but x is [{m}, {k}]")
     cfg = config or default_config(m, n, k, packed.group)
-    # by_word with the tensor-core dot needs 16 words along K (the dot's minimum K) per block
-    min_k = 128 if cfg.by_word and cfg.block_m > 1 else 8
+    min_k = 16 if cfg.block_m > 1 else 8  # the tensor-core dot's least K
     if packed.group % cfg.block_k or k % (cfg.block_k * cfg.split_k) or cfg.block_k % min_k:
         raise ValueError(f"block_k {cfg.block_k} must divide the group {packed.group}; block_k·split_k K {k}")
     x = x.contiguous()
