@@ -136,6 +136,45 @@ def test_awq_kernels_at_67b_shapes_equal_reference(k, n):
 
 
 @pytest.fixture(scope="module")
+def gate_up_67b():
+    """The 67B gate_up layer (8192 -> 44032, group 128): kernel layout and fp32 reference."""
+    from tameshi.kernels.awq_triton import kpack
+    from tameshi.loading.awq import dequantize_gemm
+
+    k, n, group = 8192, 44032, 128
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    qweight = torch.randint(-(2**31), 2**31 - 1, (k, n // 8), dtype=torch.int32, device="cuda", generator=gen)
+    qzeros = torch.randint(
+        -(2**31), 2**31 - 1, (k // group, n // 8), dtype=torch.int32, device="cuda", generator=gen
+    )
+    scales = (torch.rand(k // group, n, device="cuda", generator=gen) * 0.01 + 0.001).half()
+    yield kpack(qweight, qzeros, scales, group), dequantize_gemm(qweight, qzeros, scales, group)
+    torch.cuda.empty_cache()
+
+
+@pytest.mark.parametrize("variant", ["default", "fixup", "magic", "by_word"])
+@pytest.mark.parametrize("m", [1, 4, 16, 64])
+def test_awq_kernel_variants_at_the_gate_up_shape(gate_up_67b, m, variant):
+    """Each switch of the decode tiles on its own, against the reference: which of them is exact
+    enough (the default's switches flipped one at a time)."""
+    import dataclasses
+
+    from tameshi.kernels.awq_triton import awq_matmul, default_config
+
+    packed, w = gate_up_67b
+    cfg = default_config(m, 44032, 8192, 128)
+    if variant == "by_word" and cfg.block_m == 1:
+        pytest.skip("one row always loads each word once")
+    if variant != "default":
+        cfg = dataclasses.replace(cfg, **{variant: not getattr(cfg, variant)})
+    x = torch.randn(m, 8192, device="cuda", generator=torch.Generator(device="cuda").manual_seed(m)).half()
+    ref = x.float() @ w
+    got = awq_matmul(x, packed, cfg).float()
+    err = (got - ref).abs().max().item() / ref.abs().max().item()
+    assert err < 2e-3, f"{cfg}: max error {err:.2e} of the largest output"
+
+
+@pytest.fixture(scope="module")
 def tiny_fp16(tmp_path_factory):
     """Head dim 64 (the paged decode kernel's tl.dot wants >= 16 and real models use 64-128)."""
     folder = tmp_path_factory.mktemp("tiny64")

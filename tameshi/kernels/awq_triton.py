@@ -88,13 +88,15 @@ def _partial_product(x, codes, USE_DOT: tl.constexpr, DOT_FP32: tl.constexpr, MA
 
 
 @triton.jit
-def _store_output(out, y_ptrs, ws_ptrs, count_ptr, mask, SPLIT_K: tl.constexpr):
-    """Write this program's part of y. Under split K each split adds its partial sum into a float32
-    workspace, and the split that finishes a tile last (a counter per tile tells it) writes the sum to
-    y in y's dtype and sets workspace and counter back to zero for the next call: one kernel, where
-    zeroing y before it and casting after it took three launches."""
+def _store_output(out, y_ptrs, ws_ptrs, count_ptr, mask, SPLIT_K: tl.constexpr, FIXUP: tl.constexpr):
+    """Write this program's part of y. Split K: add it into y (float32, zeroed before the kernel and
+    cast after it); or, with FIXUP, into a float32 workspace, and the split that finishes a tile
+    last (a counter per tile tells it) writes the sum to y in y's dtype and sets workspace and
+    counter back to zero for the next call: one kernel launch instead of three."""
     if SPLIT_K == 1:
         tl.store(y_ptrs, out.to(y_ptrs.dtype.element_ty), mask=mask)
+    elif not FIXUP:
+        tl.atomic_add(y_ptrs, out, mask=mask)
     else:
         tl.atomic_add(ws_ptrs, out, mask=mask, sem="relaxed")
         tl.debug_barrier()  # all of this program's adds are issued before it counts itself done
@@ -111,7 +113,7 @@ def _awq_matmul_kernel(
     x_ptr, w_ptr, z_ptr, s_ptr, y_ptr, ws_ptr, count_ptr, M, N, stride_xm, stride_ym,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, BLOCKS_PER_SPLIT: tl.constexpr, USE_DOT: tl.constexpr, DOT_FP32: tl.constexpr,
-    BY_WORD: tl.constexpr, MAGIC: tl.constexpr,
+    BY_WORD: tl.constexpr, MAGIC: tl.constexpr, FIXUP: tl.constexpr,
 ):  # fmt: skip
     # BLOCKS_PER_SPLIT is a compile-time constant: a loop over a run-time bound trips Triton's
     # interpreter under numpy >= 2.4, and a known trip count pipelines as well.
@@ -159,7 +161,8 @@ def _awq_matmul_kernel(
     y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
     ws_ptrs = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
     mask = mask_m[:, None] & mask_n[None, :]
-    _store_output(acc, y_ptrs, ws_ptrs, count_ptr + pid_m * tl.num_programs(0) + pid_n, mask, SPLIT_K)
+    count = count_ptr + pid_m * tl.num_programs(0) + pid_n
+    _store_output(acc, y_ptrs, ws_ptrs, count, mask, SPLIT_K, FIXUP)
 
 
 @triton.jit
@@ -187,7 +190,7 @@ def _code_pairs(words, jj: tl.constexpr, ASM: tl.constexpr):
 def _awq_gemv_kernel(
     x_ptr, w_ptr, z_ptr, s_ptr, y_ptr, ws_ptr, count_ptr, N, stride_xm, stride_ym,
     GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-    BLOCKS_PER_SPLIT: tl.constexpr, MAGIC: tl.constexpr, ASM: tl.constexpr,
+    BLOCKS_PER_SPLIT: tl.constexpr, MAGIC: tl.constexpr, ASM: tl.constexpr, FIXUP: tl.constexpr,
 ):  # fmt: skip
     """One activation row (decode): each packed word loaded once, its 8 codes multiplied on CUDA cores
     into a [BLOCK_K/8, BLOCK_N] accumulator that is reduced over K only once, at the end (a reduction
@@ -229,7 +232,9 @@ def _awq_gemv_kernel(
         acc += sc[None, :] * (xq - x_sum[:, None] * z[None, :])
     out = tl.sum(acc, axis=0)
     count = count_ptr + row * tl.num_programs(0) + pid_n
-    _store_output(out, y_ptr + row * stride_ym + offs_n, ws_ptr + row * N + offs_n, count, mask_n, SPLIT_K)
+    _store_output(
+        out, y_ptr + row * stride_ym + offs_n, ws_ptr + row * N + offs_n, count, mask_n, SPLIT_K, FIXUP
+    )
 
 
 @triton.jit
@@ -268,6 +273,9 @@ class MatmulConfig:
     # codes to floats by exponent bits, not conversions (_code_pairs); the tensor-core
     # path does it for fp16 activations only
     magic: bool = False
+    # split K summed in one launch (_store_output); off: it gave wrong sums on an H200 at the 67B
+    # gate_up shape (tests/test_gpu.py), not yet explained
+    fixup: bool = False
 
 
 def default_config(m: int, n: int, k: int, group: int) -> MatmulConfig:
@@ -314,32 +322,37 @@ def awq_matmul(
     if packed.group % cfg.block_k or k % (cfg.block_k * cfg.split_k) or cfg.block_k % min_k:
         raise ValueError(f"block_k {cfg.block_k} must divide the group {packed.group}; block_k·split_k K {k}")
     x = x.contiguous()
-    y = torch.empty(m, n, dtype=out_dtype or x.dtype, device=x.device)
+    out_dtype = out_dtype or x.dtype
     grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, cfg.block_m), cfg.split_k)
-    ws, counts = split_k_scratch(x.device, m * n, grid[0] * grid[1]) if cfg.split_k > 1 else (y, y)
+    fixup = cfg.split_k > 1 and cfg.fixup
+    if cfg.split_k == 1 or fixup:
+        y = torch.empty(m, n, dtype=out_dtype, device=x.device)
+    else:
+        y = torch.zeros(m, n, dtype=torch.float32, device=x.device)
+    ws, counts = split_k_scratch(x.device, m * n, grid[0] * grid[1]) if fixup else (y, y)
     if cfg.block_m == 1 and cfg.by_word:
         _awq_gemv_kernel[grid](
             x, packed.qweight, packed.zeros, packed.scales, y, ws, counts, n, x.stride(0), y.stride(0),
             GROUP=packed.group, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k,
-            BLOCKS_PER_SPLIT=k // cfg.block_k // cfg.split_k, MAGIC=cfg.magic, ASM=not _interpreted(),
+            BLOCKS_PER_SPLIT=k // cfg.block_k // cfg.split_k, MAGIC=cfg.magic, ASM=not _interpreted(), FIXUP=fixup,
             num_warps=cfg.num_warps,
             num_stages=cfg.num_stages,
         )  # fmt: skip
-        return y
+        return y.to(out_dtype)
     _awq_matmul_kernel[grid](
         x, packed.qweight, packed.zeros, packed.scales, y, ws, counts, m, n, x.stride(0), y.stride(0),
         GROUP=packed.group, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         SPLIT_K=cfg.split_k, BLOCKS_PER_SPLIT=k // cfg.block_k // cfg.split_k, USE_DOT=cfg.block_m > 1,
         DOT_FP32=x.dtype == torch.bfloat16 and _interpreted(), BY_WORD=cfg.by_word,
-        MAGIC=cfg.magic and cfg.block_m > 1 and x.dtype == torch.float16,
+        MAGIC=cfg.magic and cfg.block_m > 1 and x.dtype == torch.float16, FIXUP=fixup,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
-    return y
+    return y.to(out_dtype)
 
 
-# Per device: the split-K workspace (float32) and tile counters, all zero between kernels (each
-# kernel's last split per tile zeroes what it used). Kernels on one stream run one after another, so
-# one scratch serves every layer; it only grows, and AWQLinear sizes it at load, before any capture.
+# Per device: the split-K workspace (float32) and tile counters of MatmulConfig.fixup, all zero
+# between kernels (each kernel's last split per tile zeroes what it used). Kernels on one stream run
+# one after another, so one scratch serves every layer; it only grows.
 _scratch: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
 

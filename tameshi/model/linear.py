@@ -184,9 +184,6 @@ class AWQLinear(_ShardedLinear):
 
         if self.kernel_weight is None:
             self.kernel_weight = awq_triton.kpack(self.qweight, self.qzeros, self.scales, self.group_size)
-            n = self.out_features
-            # the split-K scratch for up to FUSED_MAX_ROWS rows, sized now: not inside a graph capture
-            awq_triton.split_k_scratch(self.qweight.device, FUSED_MAX_ROWS * n, FUSED_MAX_ROWS * -(-n // 16))
             self._drop_weight()
 
     def _forward_triton(self, x: torch.Tensor) -> torch.Tensor:
