@@ -217,6 +217,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sweep", action="store_true", help="search tile configs instead (qkv and down shapes)")
     ap.add_argument("--sweep-rows", type=lambda t: [int(v) for v in t.split(",")], default=[1, 16, 64])
+    ap.add_argument("--sweep-all-shapes", action="store_true", help="sweep o and gate_up too")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
@@ -240,7 +241,7 @@ def main() -> None:
             "| shape | M | best config | µs | GB/s | default µs | deq+mm µs |",
             "|---|---:|---|---:|---:|---:|---:|",
         ]
-        for name in ("qkv 8192→10240", "down 22016→8192"):
+        for name in SHAPES if args.sweep_all_shapes else ("qkv 8192→10240", "down 22016→8192"):
             lines += sweep_shape(name, *SHAPES[name], args.sweep_rows)
             torch.cuda.empty_cache()
     else:
