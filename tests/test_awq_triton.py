@@ -62,6 +62,7 @@ CASES = [  # m, k, n, group, config (None = the default for the shape)
     (20, 256, 64, 128, MatmulConfig(32, 32, 64, 2, magic=True)),  # the tensor-core path (fp16)
     (16, 256, 64, 128, MatmulConfig(16, 64, 128, 2, by_word=True, magic=True)),
     (20, 256, 64, 64, MatmulConfig(32, 64, 64, 2, by_word=True, magic=True)),  # words spread over 64 rows
+    (40, 256, 256, 128, MatmulConfig(64, 128, 128, 2, by_word=True, magic=True)),  # the 64-row default's form
 ]
 
 
@@ -126,7 +127,9 @@ def test_default_config_splits_k_evenly():
     assert 172 % down.split_k == 0 and 172 // down.split_k == 4
     assert default_config(16, 8192, 8192, 128).split_k == 64
     batched = default_config(64, 8192, 22016, 128)  # batched decode: 64-row tiles, K split in two
-    assert (batched.block_m, batched.split_k) == (64, 2)
+    assert (batched.block_m, batched.block_n, batched.split_k) == (64, 64, 2)
+    wide = default_config(64, 10240, 8192, 128)  # qkv: 128 columns, still too few tiles without a split
+    assert (wide.block_n, wide.split_k, wide.by_word) == (128, 2, True)
     assert default_config(40, 44032, 8192, 128).split_k == 1  # enough column tiles alone
 
 

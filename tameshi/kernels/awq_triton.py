@@ -294,12 +294,15 @@ def default_config(m: int, n: int, k: int, group: int) -> MatmulConfig:
         return MatmulConfig(1, 64, block_k, split, num_warps=4, by_word=True, magic=True)
     if m <= 16:
         return MatmulConfig(16, 128, block_k, _split(n_blocks, per_program=1), num_warps=8)
-    # Up to 64 rows (batched decode): one 64-row tile, K split in two only where N alone gives too
-    # few programs to fill the GPU (o and down at 67B: 128 column tiles). Codes to fp16 by exponent
-    # bits (fp16 activations): 6-19% faster here on an H200, where with 1-16 rows it was no faster or
-    # up to 2x slower (benchmarks/results/awq-kernels-h200.md).
-    split = 2 if n // 64 < 150 and n_blocks % 2 == 0 else 1
-    return MatmulConfig(64, 64, block_k, split, num_warps=4, magic=True)
+    # Up to 64 rows (batched decode): one 64-row tile, 128 columns wide where N is wider than 8192;
+    # K split in two only where the columns alone give too few programs to fill the GPU (at 67B: qkv,
+    # o and down). Each word loaded once and spread over its rows in registers, codes to fp16 by
+    # exponent bits (fp16 activations). On an H200 the sweep's best on all four 67B shapes, 5-18%
+    # faster than the repeated loads; the exponent bits 6-19% faster than conversions, where with 1-16
+    # rows they were no faster or up to 2x slower (benchmarks/results/awq-sweep-h200.md).
+    block_n = 128 if n > 8192 else 64
+    split = 2 if n // block_n < 150 and n_blocks % 2 == 0 else 1
+    return MatmulConfig(64, block_n, block_k, split, num_warps=4, by_word=True, magic=True)
 
 
 def _split(n_blocks: int, per_program: int) -> int:
