@@ -91,6 +91,14 @@ class LLM:
             self._async.start()
         return self._async
 
+    def async_engine_for_this_thread(self) -> AsyncEngine:
+        """The AsyncEngine not started: the caller runs it on this thread with `run_here()` and
+        serves its consumers from others (`tameshi serve`: faster on CPU, see run_here)."""
+        if self._async is not None:
+            raise RuntimeError("the AsyncEngine already exists")
+        self._async = AsyncEngine(self.engine)
+        return self._async
+
     def close(self) -> None:
         """Stop the engine thread, if one was started, and the other tensor-parallel ranks, if any."""
         if self._async is not None:

@@ -277,11 +277,12 @@ def serve(
     engine_config = EngineConfig(max_model_len=max_model_len)
     llm = LLM(model, device=device, dtype=dtype, quantize=quantize, engine_config=engine_config, tp=tp)
     try:
+        engine = llm.async_engine_for_this_thread()  # the thread that loaded the model steps it
         app_ = create_app(llm, config)
         key = "required" if api_key else "none (use --api-key to require one)"
         where = f"http://{host}:{port}/v1" if port else f"a free port of {host} (uvicorn names it below)"
         err.print(f"serving [bold]{config.served_model_name}[/] on {where}  (API key: {key})")
-        serve_forever(app_, host, port, log_level)
+        serve_forever(app_, engine, host, port, log_level)
     finally:
         llm.close()
 

@@ -383,3 +383,64 @@ def test_liveness_idle_is_alive_a_stalled_step_is_not_and_idle_does_not_spin():
         wait_until(lambda: engine.is_alive)
         assert engine.stats() == FakeStats(running=0)
     assert not engine.is_alive
+
+
+def test_run_here_steps_on_the_calling_thread_until_stop():
+    """`run_here` (tameshi serve) keeps the engine on the thread that calls it; consumers on other
+    threads and loops get whole outputs; stop() from a consumer's thread ends it without joining."""
+    fake = FakeEngine()
+    engine = AsyncEngine(fake)  # type: ignore[arg-type]
+    results: list[list[StepOutput]] = []
+
+    def consumers() -> None:
+        async def consume(tag: int) -> list[StepOutput]:
+            return [o async for o in engine.generate([tag], FakeParams(1 + tag % 8))]
+
+        async def main() -> list[list[StepOutput]]:
+            return await asyncio.gather(*(consume(tag) for tag in range(50)))
+
+        try:
+            results.extend(asyncio.run(main()))
+        finally:
+            engine.stop()
+
+    ready = threading.Thread(target=consumers)
+    engine.run_here(on_ready=ready.start)  # returns once the consumers called stop()
+    ready.join()
+    for tag, outs in enumerate(results):
+        check_complete(tag, 1 + tag % 8, outs)
+    assert fake.threads == {threading.get_ident()}
+    assert not engine.is_alive
+    with pytest.raises(RuntimeError, match="runs once"):
+        engine.run_here()
+
+
+def test_ctrl_c_in_run_here_stops_the_engine_and_fails_what_runs():
+    """SIGINT reaches the main thread inside run_here: the requests in flight fail with
+    EngineDeadError (their consumers do not hang), and the KeyboardInterrupt goes on up."""
+    import os
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals reach the main thread only")
+    fake = FakeEngine(step_hook=lambda _: time.sleep(0.001))
+    engine = AsyncEngine(fake)  # type: ignore[arg-type]
+    seen: list[BaseException | None] = []
+
+    def consumer() -> None:
+        stream = engine.stream_sync([3], FakeParams(FOREVER))
+        next(stream)
+        os.kill(os.getpid(), signal.SIGINT)
+        try:
+            for _ in stream:
+                pass
+            seen.append(None)
+        except EngineDeadError as exc:
+            seen.append(exc)
+
+    thread = threading.Thread(target=consumer)
+    with pytest.raises(KeyboardInterrupt):
+        engine.run_here(on_ready=thread.start)
+    thread.join(timeout=5)
+    assert len(seen) == 1 and isinstance(seen[0], EngineDeadError)
+    assert not engine.is_alive

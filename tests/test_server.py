@@ -480,3 +480,30 @@ def test_still_healthy_after_the_abuse(http, server_llm):
     assert http.get("/health").status_code == 200
     r = http.post("/v1/chat/completions", json=_chat(temperature=0))
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
+
+
+def test_serve_forever_on_a_taken_port_is_one_error_not_a_hang():
+    """uvicorn runs beside the engine, which keeps the calling thread (AsyncEngine.run_here): a
+    server that cannot listen stops the engine too, and serve_forever says so in one line."""
+    import socket
+
+    from fastapi import FastAPI
+
+    from tameshi.errors import TameshiError
+    from tameshi.server.launch import serve_forever
+
+    class Idle:  # an engine with nothing to do
+        def has_unfinished(self) -> bool:
+            return False
+
+        def stats(self) -> None:
+            return None
+
+    engine = AsyncEngine(Idle())  # type: ignore[arg-type]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(TameshiError, match=f"without serving on 127.0.0.1:{port}"):
+            serve_forever(FastAPI(), engine, "127.0.0.1", port, log_level="critical")
+    assert not engine.is_alive

@@ -1,7 +1,8 @@
-"""Runs an `Engine` on one worker thread and streams its outputs to asyncio tasks and to threads.
+"""Runs an `Engine` on one thread and streams its outputs to asyncio tasks and to threads.
 
-The engine is not thread-safe, so one thread owns it: consumers reach that thread only through a
-command queue, and it answers each request on the request's own queue. A consumer that goes away
+The engine is not thread-safe, so one thread owns it: a worker thread of its own (`start`), or the
+thread that calls `run_here`. Consumers reach that thread only through a command queue, and it
+answers each request on the request's own queue. A consumer that goes away
 (client disconnect, task cancelled, generator closed) sends an abort, which frees the request's KV
 blocks; a bad request fails only itself; a crash in `step` fails every request loudly and turns
 `is_alive` False so that a health check sees it (docs: shared/reference/reliability.md §0).
@@ -15,7 +16,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +69,7 @@ class AsyncEngine:
         self._dead: str | None = None  # why no request can run any more
         self._dead_cause: BaseException | None = None
         self._thread: threading.Thread | None = None
+        self._owns_thread = False  # started by start(), so stop() may join it
         # Owned by the worker thread once it runs.
         self._requests: dict[int, _Request] = {}  # engine id -> request in flight
         self._pending: deque = deque()  # commands taken off the queue, not yet handled
@@ -78,21 +80,41 @@ class AsyncEngine:
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
+        """Run the engine on a worker thread of its own."""
+        self._claim(threading.Thread(target=self._run, name="tameshi-engine", daemon=True))
+        self._owns_thread = True
+        self._thread.start()
+
+    def run_here(self, on_ready: Callable[[], None] | None = None) -> None:
+        """Run the engine on the calling thread until `stop()` (from any thread); `on_ready` is
+        called first, once requests can be queued. Ctrl-C (KeyboardInterrupt) ends it as `stop()`
+        does, then is raised again.
+
+        For a process whose main thread has nothing else to do (`tameshi serve`): on CPU, torch's
+        matmuls ran 2-3x slower on a second thread once the thread that loaded the model had used
+        them (libgomp; benchmarks/results/serve-load-cpu-2026-11-30.md), so the loading thread
+        should be the one that steps the engine."""
+        self._claim(threading.current_thread())
+        if on_ready is not None:
+            on_ready()
+        self._run()
+
+    def _claim(self, thread: threading.Thread) -> None:
         with self._lock:
             if self._thread is not None or self._dead is not None:
-                raise RuntimeError("AsyncEngine.start() may be called once")
+                raise RuntimeError("an AsyncEngine runs once (start() or run_here())")
             self._last_beat = time.monotonic()
-            self._thread = threading.Thread(target=self._run, name="tameshi-engine", daemon=True)
-            self._thread.start()
+            self._thread = thread
 
     def stop(self) -> None:
-        """Fail what is still running with EngineDeadError, free its blocks, and join the worker."""
+        """Fail what is still running with EngineDeadError and free its blocks; join the worker
+        thread if `start()` made one."""
         with self._lock:
             if self._dead is None:
                 self._dead = "the engine was stopped"
                 self._commands.put(_STOP)
             thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
+        if self._owns_thread and thread is not None and thread is not threading.current_thread():
             thread.join()
 
     @property
@@ -157,7 +179,7 @@ class AsyncEngine:
             if self._dead is not None:
                 raise self._dead_error()
             if self._thread is None:
-                raise RuntimeError("call AsyncEngine.start() before submitting requests")
+                raise RuntimeError("call AsyncEngine.start() or run_here() before submitting requests")
             self._commands.put(req)
         return req
 
@@ -169,10 +191,13 @@ class AsyncEngine:
     # -- the worker thread -------------------------------------------------------------------------
     def _run(self) -> None:
         cause: BaseException | None = None
+        interrupted: KeyboardInterrupt | None = None
         try:
             self._serve()
             for engine_id in self._requests:  # stopped while requests ran: free their blocks
                 self._engine.abort(engine_id)
+        except KeyboardInterrupt as exc:  # Ctrl-C on run_here's thread: a stop, the process is ending
+            interrupted = exc
         except BaseException as exc:  # whatever it was, nobody may wait forever on a dead worker
             log.exception("the engine worker crashed; failing every request in flight")
             cause = exc
@@ -180,12 +205,16 @@ class AsyncEngine:
             if cause is not None:
                 self._dead = f"the engine crashed ({type(cause).__name__}: {cause}); restart it"
                 self._dead_cause = cause
+            elif self._dead is None:
+                self._dead = "the engine was stopped"
             self._take_commands(block=False)  # the last drain: _dead now refuses new requests
         victims = list(self._requests.values())
         victims += [c for c in self._pending if isinstance(c, _Request)]
         self._requests.clear()
         self._pending.clear()
         self._send([(req, self._dead_error()) for req in victims], abort_unreachable=False)
+        if interrupted is not None:
+            raise interrupted
 
     def _serve(self) -> None:
         engine = self._engine

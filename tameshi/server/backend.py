@@ -50,7 +50,7 @@ class ServedModel:
     def from_llm(cls, llm: LLM, name: str) -> ServedModel:
         return cls(
             name=name,
-            engine=llm.async_engine,  # starts the engine's worker thread
+            engine=llm.async_engine,  # its worker thread starts here unless the caller runs it (tameshi serve)
             tokenizer=llm.tokenizer,
             max_model_len=llm.engine.max_model_len,
             vocab_size=llm.loaded.config.vocab_size,

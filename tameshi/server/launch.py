@@ -1,14 +1,22 @@
-"""Running the app under uvicorn: in the foreground for `tameshi serve`, or on a background thread
-(tests, benchmarks) on a port the OS picks, so that nothing depends on a fixed port being free."""
+"""Running the app under uvicorn: for `tameshi serve` beside the engine, which keeps the main thread,
+or on a background thread (tests, benchmarks) on a port the OS picks, so that nothing depends on a
+fixed port being free."""
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import uvicorn
 from fastapi import FastAPI
+
+from tameshi.errors import TameshiError
+
+if TYPE_CHECKING:
+    from tameshi.engine.async_engine import AsyncEngine
 
 # Header bytes per request; uvicorn's default is 16 KiB already, stated here so that it is a decision.
 MAX_HEADER_BYTES = 16 * 1024
@@ -25,8 +33,35 @@ def _config(app: FastAPI, host: str, port: int, log_level: str) -> uvicorn.Confi
     )
 
 
-def serve_forever(app: FastAPI, host: str, port: int, log_level: str = "info") -> None:
-    uvicorn.Server(_config(app, host, port, log_level)).run()
+def serve_forever(app: FastAPI, engine: AsyncEngine, host: str, port: int, log_level: str = "info") -> None:
+    """uvicorn on a thread of its own, the engine on this one (AsyncEngine.run_here says why), until
+    Ctrl-C or SIGTERM; each stops the other. A server that cannot listen is one TameshiError."""
+    server = uvicorn.Server(_config(app, host, port, log_level))
+
+    def http() -> None:
+        try:
+            server.run()  # off the main thread uvicorn installs no signal handlers: they stay ours
+        except SystemExit:  # uvicorn's way out when it cannot listen: reported below, once
+            pass
+        finally:
+            engine.stop()  # ends run_here below, whether uvicorn was asked to stop or failed
+
+    thread = threading.Thread(target=http, name="tameshi-http", daemon=True)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        engine.run_here(on_ready=thread.start)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        server.should_exit = True
+        thread.join(timeout=30)
+    if not server.started:
+        raise TameshiError(f"the HTTP server stopped without serving on {host}:{port} (see the log above)")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops the server as Ctrl-C does
 
 
 @dataclass
