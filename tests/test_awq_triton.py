@@ -100,7 +100,10 @@ def test_split_k_leaves_its_scratch_zero():
     repeat exactly, and between calls workspace and tile counters are all zero."""
     packed, w = packed_and_reference(256, 96, 64, seed=5)
     x = torch.randn(3, 256, generator=torch.Generator().manual_seed(5)).half().to(DEVICE)
-    for cfg in (MatmulConfig(1, 64, 64, 2, by_word=True, fixup=True), MatmulConfig(16, 64, 64, 4, fixup=True)):
+    for cfg in (
+        MatmulConfig(1, 64, 64, 2, by_word=True, fixup=True),
+        MatmulConfig(16, 64, 64, 4, fixup=True),
+    ):
         rows = x[:1] if cfg.block_m == 1 else x
         first = awq_matmul(rows, packed, cfg)
         again = awq_matmul(rows, packed, cfg)

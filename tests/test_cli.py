@@ -1,5 +1,6 @@
 """The terminal way in: `ask` streams and owns up to a length cut; `chat` keeps history and obeys commands."""
 
+import json
 import subprocess
 import sys
 
@@ -104,6 +105,45 @@ def test_serve_wires_its_options_into_the_server():
         r = httpx.post(f"{url}/v1/completions", json=body, headers=key, timeout=60)
         assert r.status_code == 200 and r.json()["model"] == "smollm2-135m-instruct"
         proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()
+
+
+def test_serve_lets_an_open_stream_finish_on_ctrl_c():
+    """Ctrl-C while a stream is open: the server takes no new requests, but the open one runs to its
+    end ([DONE]) before the process exits 0; the engine keeps stepping while uvicorn drains."""
+    import re
+    import signal
+    import threading
+
+    import pytest
+
+    httpx = pytest.importorskip("httpx")
+    cmd = [sys.executable, "-m", "tameshi", "serve", "--port", "0"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    try:
+        url = None
+        for line in proc.stderr:
+            found = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line)
+            if found:
+                url = found[1]
+                break
+        assert url, "the server never said where it listens"
+        threading.Thread(target=lambda: proc.stderr.read(), daemon=True).start()  # keep the pipe drained
+        body = {"prompt": "Once upon a time", "max_tokens": 40, "stream": True, "temperature": 0}
+        events = []
+        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    events.append(line[6:])
+                    if len(events) == 2:
+                        proc.send_signal(signal.SIGINT)
+        assert events[-1] == "[DONE]"
+        finish = [json.loads(e)["choices"][0]["finish_reason"] for e in events[:-1]]
+        assert finish[-1] in ("length", "stop") and len(events) > 3
         assert proc.wait(timeout=30) == 0
     finally:
         if proc.poll() is None:

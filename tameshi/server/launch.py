@@ -34,34 +34,39 @@ def _config(app: FastAPI, host: str, port: int, log_level: str) -> uvicorn.Confi
 
 
 def serve_forever(app: FastAPI, engine: AsyncEngine, host: str, port: int, log_level: str = "info") -> None:
-    """uvicorn on a thread of its own, the engine on this one (AsyncEngine.run_here says why), until
-    Ctrl-C or SIGTERM; each stops the other. A server that cannot listen is one TameshiError."""
+    """uvicorn on a thread of its own, the engine on this one (AsyncEngine.run_here says why).
+
+    Ctrl-C or SIGTERM stops gracefully: uvicorn takes no new requests and gives open ones up to
+    `timeout_graceful_shutdown` to finish while the engine keeps stepping them; then the engine
+    stops. A second Ctrl-C stops at once. A server that cannot listen is one TameshiError."""
     server = uvicorn.Server(_config(app, host, port, log_level))
 
     def http() -> None:
         try:
-            server.run()  # off the main thread uvicorn installs no signal handlers: they stay ours
+            server.run()  # off the main thread uvicorn installs no signal handlers: ours below stay
         except SystemExit:  # uvicorn's way out when it cannot listen: reported below, once
             pass
         finally:
-            engine.stop()  # ends run_here below, whether uvicorn was asked to stop or failed
+            engine.stop()  # ends run_here below, once uvicorn has drained or failed
+
+    def drain(signum: int, frame: object) -> None:
+        if server.should_exit:
+            raise KeyboardInterrupt  # asked twice: now
+        server.should_exit = True
 
     thread = threading.Thread(target=http, name="tameshi-http", daemon=True)
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous = {sig: signal.signal(sig, drain) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         engine.run_here(on_ready=thread.start)
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         server.should_exit = True
         thread.join(timeout=30)
     if not server.started:
         raise TameshiError(f"the HTTP server stopped without serving on {host}:{port} (see the log above)")
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM stops the server as Ctrl-C does
 
 
 @dataclass
