@@ -171,7 +171,7 @@ def bench_shape(name: str, k: int, n: int, copy_gbs: float, autoawq) -> list[str
         t = {
             "auto": graph_ms([lambda c=c: c[0](x) for c in copies]),  # noqa: B023
             "eager": bench_ms(lambda: copies[0][0](x)),  # noqa: B023
-            "fused": graph_ms([lambda c=c: awq_matmul(x, c[0].kernel_weight, convert) for c in copies]),  # noqa: B023
+            "convert": graph_ms([lambda c=c: awq_matmul(x, c[0].kernel_weight, convert) for c in copies]),  # noqa: B023
             "magic": graph_ms([lambda c=c: awq_matmul(x, c[0].kernel_weight, magic) for c in copies]),  # noqa: B023
             "deq": graph_ms([lambda c=c: x @ awq_dequantize(c[0].kernel_weight, x.dtype) for c in copies]),  # noqa: B023
             "tiny": graph_ms([lambda c=c: c[4](xb) for c in copies]) if copies[0][4] else float("nan"),  # noqa: B023
@@ -186,7 +186,7 @@ def bench_shape(name: str, k: int, n: int, copy_gbs: float, autoawq) -> list[str
         gbs = weight_bytes / t["auto"] / 1e6
         us = {key: f"{v * 1000:.1f}" for key, v in t.items()}
         rows.append(
-            f"| {name} | {m} | {us['auto']} | {us['fused']} | {us['magic']} | {us['deq']} | {us['tiny']} | {us['awq']} "
+            f"| {name} | {m} | {us['auto']} | {us['convert']} | {us['magic']} | {us['deq']} | {us['tiny']} | {us['awq']} "
             f"| {gbs:.0f} | {100 * gbs / copy_gbs:.0f}% | {t['awq'] / t['auto']:.1f}× | {us['eager']} |"
         )
         print(rows[-1], flush=True)

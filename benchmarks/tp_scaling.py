@@ -27,7 +27,7 @@ import time
 import torch
 
 from tameshi import LLM, SamplingParams
-from tameshi.bench import common_prefix, random_prompt, run_bench
+from tameshi.bench import common_prefix, parting, random_prompt, run_bench
 from tameshi.engine.engine import EngineConfig
 
 
@@ -49,11 +49,12 @@ def _partings(tokens: list[list[int]], want: list[list[int]], want_tops: list[li
     whether this run took the reference's second choice (a near tie, not a wrong shard)."""
     notes = []
     for got, ref, top in zip(tokens, want, want_tops, strict=True):
-        at = common_prefix(got, ref)
-        if at < min(len(got), len(ref)) and at < len(top) and len(top[at]) >= 2:
-            (_, first), (second_id, second) = top[at][:2]
-            choice = "its 2nd choice" if second_id == got[at] else "another token"
-            notes.append(f"at {at}: margin {first - second:.3g} nats, took {choice}")
+        where = parting(got, ref, top)
+        if where is not None:
+            at, margin, second = where
+            notes.append(
+                f"at {at}: margin {margin:.3g} nats, took {'its 2nd choice' if second else 'another token'}"
+            )
     return notes
 
 

@@ -174,6 +174,17 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 
+def parting(got: list[int], ref: list[int], ref_top: list) -> tuple[int, float, bool] | None:
+    """Where `got` parts from `ref`, given ref's top-2 (id, logprob) at each token: (the index, ref's
+    top-1 minus top-2 logprob there, whether got took ref's second choice). A small margin and the
+    second choice read as a near tie, not a bug. None where they do not part (or the top-2 is unknown)."""
+    at = common_prefix(got, ref)
+    if at < min(len(got), len(ref)) and at < len(ref_top) and len(ref_top[at]) >= 2:
+        (_, first), (second_id, second) = ref_top[at][:2]
+        return at, first - second, second_id == got[at]
+    return None
+
+
 def _timed_stream(engine: Engine, prompt: list[int], params: SamplingParams) -> tuple[float, float, int]:
     """(seconds to the first token, seconds from the first to the last token, tokens)."""
     start = time.perf_counter()
@@ -251,12 +262,11 @@ def run_bench(
         for out in engine.stream(prompts[i], solo_params):
             solo += out.token_ids
             top += [lp.top for lp in out.logprobs or []]
-        part = common_prefix(solo, got[i])
-        prefixes.append(part)
-        if part < min(len(solo), len(got[i])) and part < len(top) and len(top[part]) >= 2:
-            (_, first), (second_id, second) = top[part][:2]
-            margins.append(first - second)
-            seconds.append(second_id == got[i][part])
+        prefixes.append(common_prefix(solo, got[i]))
+        where = parting(got[i], solo, top)
+        if where is not None:
+            margins.append(where[1])
+            seconds.append(where[2])
     equal = sum(p == c_gen for p in prefixes)
 
     stats = engine.stats()
