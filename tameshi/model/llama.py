@@ -13,7 +13,7 @@ from torch import nn
 from tameshi.errors import CorruptCheckpointError, UnsupportedModelError
 from tameshi.model.config import ModelConfig
 from tameshi.model.layers import MLP, Attention, AttentionBackend, RMSNorm, RotaryEmbedding
-from tameshi.model.linear import Linear, quantize_weight
+from tameshi.model.linear import Linear, matmul_to, quantize_weight
 from tameshi.parallel.shard import rank_config, shard_tensor
 
 if TYPE_CHECKING:
@@ -121,7 +121,14 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         tied = self.lm_head is None
-        logits = F.linear(hidden, self.embed_tokens.weight) if tied else self.lm_head(hidden)
+        head = self.embed_tokens.weight if tied else self.lm_head.weight
+        if hidden.is_cuda and head is not None and hidden.dtype != torch.float32:
+            # Float32 logits straight from cuBLAS's accumulator. Rounded to half precision, the top
+            # two of a flat distribution sit one unit in the last place apart (2^-8 near 5) or tie,
+            # and a different summation order elsewhere (a batch's kernels, tensor parallel) flips them.
+            logits = matmul_to(hidden, head.t(), torch.float32)
+        else:
+            logits = F.linear(hidden, self.embed_tokens.weight) if tied else self.lm_head(hidden)
         # tensor parallel: each rank scored its slice of the vocabulary
         return logits if self.tp is None else self.tp.all_gather_last(logits)
 
