@@ -116,17 +116,31 @@ def tinygemm(k: int, n: int):
 def sweep_configs(m: int):
     """Tiles to try at m rows. The non-magic tiles of more than one row were swept before
     (benchmarks/results/awq-sweep-h100.md); these rows now try the magic dequant's."""
-    if m == 1:
-        grid = itertools.product(
-            (1,), (64, 128, 256), (128,), (4, 8, 16, 32, 43, 86), (2, 4, 8), (3,), (True,), (False, True)
-        )
+    if m == 1:  # the magic kernel, looping over its K blocks or loading them as one tensor
+        loop = [
+            MatmulConfig(1, n, 128, s, 4, by_word=True, magic=True)
+            for n in (64, 128)
+            for s in (8, 16, 32, 43)
+        ]
+        whole = [
+            MatmulConfig(1, n, 128, s, w, by_word=True, magic=True, whole_split=True)
+            for n in (32, 64, 128) for s in (4, 8, 16, 32, 43) for w in (2, 4, 8)
+        ]  # fmt: skip
+        return loop + whole
     elif m <= 16:
         grid = itertools.product(
             (16,), (64, 128), (128,), (8, 16, 32, 64), (4, 8), (3,), (False, True), (True,)
         )
     else:
         grid = itertools.product((64,), (64, 128), (128,), (1, 2), (4, 8), (3, 4), (False, True), (True,))
-    return [MatmulConfig(*c) for c in grid]
+    configs = [MatmulConfig(*c) for c in grid]
+    # codes two at a time in the tensor-core tile (pairs), and the tile dequantized in fp16 (scaled)
+    block_m, widths, splits = (16, (64, 128), (8, 16, 32, 64)) if m <= 16 else (64, (64, 128, 256), (1, 2))
+    for n, split, warps, stages, scaled in itertools.product(
+        widths, splits, (4, 8), (2, 3, 4), (False, True)
+    ):
+        configs.append(MatmulConfig(block_m, n, 128, split, warps, stages, pairs=True, scaled=scaled))
+    return configs
 
 
 def sweep(x, packs) -> tuple[MatmulConfig | None, float]:

@@ -1,7 +1,10 @@
 """One AWQ matmul shape, called a few times with AWQLinear's own kernel choice: a target for a
 profiler (`ncu -k regex:awq python benchmarks/awq_one.py --m 1 --k 8192 --n 44032`).
 
-    python benchmarks/awq_one.py [--m 1] [--k 8192] [--n 44032] [--calls 3] [--magic]
+    python benchmarks/awq_one.py [--m 1] [--k 8192] [--n 44032] [--calls 3] [--set fixup=1 ...]
+
+With --check, every call's result is held to the fp32 reference, and the calls that miss are counted:
+a race (split K's one-launch sum) shows up as a rare miss.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import dataclasses
 
 import torch
 
-from tameshi.kernels.awq_triton import awq_matmul, default_config, kpack
+from tameshi.kernels.awq_triton import awq_matmul, default_config, kdequantize_reference, kpack
 
 GROUP = 128
 
@@ -22,9 +25,8 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=8192)
     ap.add_argument("--n", type=int, default=44032)
     ap.add_argument("--calls", type=int, default=3)
-    ap.add_argument(
-        "--magic", action=argparse.BooleanOptionalAction, default=None, help="override the default's"
-    )
+    ap.add_argument("--set", nargs="*", default=[], help="MatmulConfig fields to override: name=int")
+    ap.add_argument("--check", action="store_true", help="hold each call to the reference")
     args = ap.parse_args()
     k, n = args.k, args.n
     qweight = torch.randint(-(2**31), 2**31 - 1, (k, n // 8), dtype=torch.int32, device="cuda")
@@ -32,13 +34,22 @@ def main() -> None:
     scales = (torch.rand(k // GROUP, n, device="cuda") * 0.01 + 0.001).half()
     packed = kpack(qweight, qzeros, scales, GROUP)
     cfg = default_config(args.m, n, k, GROUP)
-    if args.magic is not None:
-        cfg = dataclasses.replace(cfg, magic=args.magic)
+    cfg = dataclasses.replace(cfg, **{key: int(v) for key, v in (t.split("=") for t in args.set)})
     x = torch.randn(args.m, k, device="cuda", dtype=torch.float16)
+    ref = x.float() @ kdequantize_reference(packed) if args.check else None
+    misses, worst = 0, 0.0
     for _ in range(args.calls):
-        awq_matmul(x, packed, cfg)
+        y = awq_matmul(x, packed, cfg)
+        if ref is not None:
+            err = ((y.float() - ref).abs().max() / ref.abs().max()).item()
+            worst = max(worst, err)
+            misses += err > 2e-3
     torch.cuda.synchronize()
     print(f"M={args.m} K={k} N={n}: {cfg}")
+    if ref is not None:
+        print(
+            f"{misses} of {args.calls} calls off the reference by > 2e-3 of its largest value; worst {worst:.2e}"
+        )
 
 
 if __name__ == "__main__":

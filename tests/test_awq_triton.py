@@ -63,6 +63,15 @@ CASES = [  # m, k, n, group, config (None = the default for the shape)
     (16, 256, 64, 128, MatmulConfig(16, 64, 128, 2, by_word=True, magic=True)),
     (20, 256, 64, 64, MatmulConfig(32, 64, 64, 2, by_word=True, magic=True)),  # words spread over 64 rows
     (40, 256, 256, 128, MatmulConfig(64, 128, 128, 2, by_word=True, magic=True)),  # the 64-row default's form
+    # codes two at a time by exponent bits, kept in the order the joins leave them (fp16 only; bf16
+    # takes the plain tile); then also dequantized in fp16 and summed by the dot itself
+    (20, 256, 64, 128, MatmulConfig(32, 32, 64, 2, pairs=True)),
+    (40, 256, 256, 128, MatmulConfig(64, 128, 128, 2, pairs=True)),
+    (5, 256, 96, 64, MatmulConfig(16, 64, 64, 2, pairs=True, scaled=True)),  # N not a multiple of the tile
+    (40, 256, 256, 128, MatmulConfig(64, 128, 128, 2, pairs=True, scaled=True)),
+    # one row, a program's K blocks loaded as one tensor
+    (1, 512, 96, 64, MatmulConfig(1, 64, 64, 2, by_word=True, magic=True, whole_split=True)),
+    (2, 512, 64, 128, MatmulConfig(1, 32, 128, 1, by_word=True, magic=True, whole_split=True)),
 ]
 
 

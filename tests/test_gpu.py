@@ -153,7 +153,9 @@ def gate_up_67b():
     torch.cuda.empty_cache()
 
 
-@pytest.mark.parametrize("variant", ["default", "fixup", "magic", "by_word"])
+@pytest.mark.parametrize(
+    "variant", ["default", "fixup", "magic", "by_word", "pairs", "scaled", "whole_split"]
+)
 @pytest.mark.parametrize("m", [1, 4, 16, 64])
 def test_awq_kernel_variants_at_the_gate_up_shape(gate_up_67b, m, variant):
     """Each switch of the decode tiles on its own, against the reference: which of them is exact
@@ -164,9 +166,12 @@ def test_awq_kernel_variants_at_the_gate_up_shape(gate_up_67b, m, variant):
 
     packed, w = gate_up_67b
     cfg = default_config(m, 44032, 8192, 128)
-    if variant == "by_word" and cfg.block_m == 1:
-        pytest.skip("one row always loads each word once")
-    if variant != "default":
+    one_row_only, tile_only = {"whole_split"}, {"by_word", "pairs", "scaled"}
+    if variant in (tile_only if cfg.block_m == 1 else one_row_only):
+        pytest.skip(f"{variant} is not a switch of the {'one-row' if cfg.block_m == 1 else 'tile'} kernel")
+    if variant == "scaled":
+        cfg = dataclasses.replace(cfg, pairs=True, scaled=not cfg.scaled)
+    elif variant != "default":
         cfg = dataclasses.replace(cfg, **{variant: not getattr(cfg, variant)})
     x = torch.randn(m, 8192, device="cuda", generator=torch.Generator(device="cuda").manual_seed(m)).half()
     ref = x.float() @ w

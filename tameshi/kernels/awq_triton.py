@@ -113,7 +113,8 @@ def _awq_matmul_kernel(
     x_ptr, w_ptr, z_ptr, s_ptr, y_ptr, ws_ptr, count_ptr, M, N, stride_xm, stride_ym,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, BLOCKS_PER_SPLIT: tl.constexpr, USE_DOT: tl.constexpr, DOT_FP32: tl.constexpr,
-    BY_WORD: tl.constexpr, MAGIC: tl.constexpr, FIXUP: tl.constexpr,
+    BY_WORD: tl.constexpr, MAGIC: tl.constexpr, FIXUP: tl.constexpr, PAIRS: tl.constexpr, SCALED: tl.constexpr,
+    ASM: tl.constexpr,
 ):  # fmt: skip
     # BLOCKS_PER_SPLIT is a compile-time constant: a loop over a run-time bound trips Triton's
     # interpreter under numpy >= 2.4, and a known trip count pipelines as well.
@@ -132,7 +133,33 @@ def _awq_matmul_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for i in range(BLOCKS_PER_SPLIT):
         k0 = (pid_k * BLOCKS_PER_SPLIT + i) * BLOCK_K
-        if BY_WORD:
+        if PAIRS:
+            # Each word loaded once ([BLOCK_N, R]: n, then word row r) and turned into fp16 codes two at
+            # a time (exponent bits, as in _code_pairs: one shift and one bit operation per two codes).
+            # Joins keep them in registers as [BLOCK_N, R, 2, 2, 2] with code jj + 4h of word r at
+            # [n, r, jj // 2, jj % 2, h]; moving h ahead of jj makes that [n, 8r + 4h + jj], K in order.
+            offs_r = tl.arange(0, BLOCK_K // 8)
+            words = tl.load(
+                w_ptr + (k0 // 8 + offs_r)[None, :] * N + offs_n[:, None], mask=mask_n[:, None], other=0
+            )
+            p02 = tl.join(_pair_bits(words, 0), _pair_bits(words, 2))  # a join's new axis is the last
+            p13 = tl.join(_pair_bits(words, 1), _pair_bits(words, 3))
+            pairs = tl.join(p02, p13)
+            x = tl.load(x_ptrs + k0, mask=mask_m[:, None], other=0.0)
+            if SCALED:  # W itself in fp16, (c - z) * s rounded once, summed by the dot into acc
+                g = k0 // GROUP
+                z16 = tl.load(z_ptr + g * N + offs_n, mask=mask_n, other=0.0) + 1024.0
+                s16 = tl.load(s_ptr + g * N + offs_n, mask=mask_n, other=0.0)
+                lo, hi = _scaled_halves(pairs, z16[:, None, None, None], s16[:, None, None, None], ASM)
+            else:
+                lo, hi = _halves(pairs, ASM)
+            codes_t = tl.reshape(tl.permute(tl.join(lo, hi), (0, 1, 4, 2, 3)), (BLOCK_N, BLOCK_K))
+            if SCALED:
+                acc = tl.dot(x, tl.trans(codes_t), acc)
+            else:
+                xq = tl.dot(x, tl.trans(codes_t))
+                x_sum = tl.sum(x.to(tl.float32), axis=1)
+        elif BY_WORD:
             # Each word loaded once and spread over its 8 rows in registers: [BLOCK_K/8, 8, BLOCK_N]
             # shifts, read as [BLOCK_K, BLOCK_N] (row 8r + j is code j of word row r), one dot.
             offs_r = tl.arange(0, BLOCK_K // 8)
@@ -151,18 +178,59 @@ def _awq_matmul_kernel(
             x = tl.load(x_ptrs + k0, mask=mask_m[:, None], other=0.0)
             xq = _partial_product(x, codes, USE_DOT, DOT_FP32, MAGIC)
             x_sum = tl.sum(x.to(tl.float32), axis=1)
-        g = k0 // GROUP
-        z = tl.load(z_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-        if MAGIC:
-            z += 1024.0  # the codes came as 1024 + c (_partial_product)
-        s = tl.load(s_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-        acc += s[None, :] * (xq - x_sum[:, None] * z[None, :])
+        if not (PAIRS and SCALED):
+            g = k0 // GROUP
+            z = tl.load(z_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+            if MAGIC or PAIRS:
+                z += 1024.0  # the codes came as 1024 + c (_partial_product)
+            s = tl.load(s_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+            acc += s[None, :] * (xq - x_sum[:, None] * z[None, :])
 
     y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
     ws_ptrs = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
     mask = mask_m[:, None] & mask_n[None, :]
     count = count_ptr + pid_m * tl.num_programs(0) + pid_n
     _store_output(acc, y_ptrs, ws_ptrs, count, mask, SPLIT_K, FIXUP)
+
+
+@triton.jit
+def _pair_bits(words, jj: tl.constexpr):
+    """Codes jj and jj + 4 of each word under the fp16 exponent of 1024, one in each half."""
+    return ((words >> (4 * jj)) & 0x000F000F) | 0x64006400
+
+
+@triton.jit
+def _halves(pair, ASM: tl.constexpr):
+    """The two fp16 numbers of each word: a register move (PTX), or masks and shifts where the
+    interpreter runs (it runs no PTX)."""
+    if ASM:
+        lo, hi = tl.inline_asm_elementwise(
+            "mov.b32 {$0, $1}, $2;", "=h,=h,r", [pair], dtype=(tl.float16, tl.float16), is_pure=True, pack=1
+        )
+    else:
+        lo = (pair & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)
+        hi = (pair >> 16).to(tl.int16).to(tl.float16, bitcast=True)
+    return lo, hi
+
+
+@triton.jit
+def _scaled_halves(pair, zero, scale, ASM: tl.constexpr):
+    """The two weights of each pair word in fp16: (1024 + c) - (1024 + z) is c - z exactly, and times
+    the scale it is rounded once, as the reference rounds (q - z) * s. `zero` (1024 + z) and `scale`
+    are fp16, broadcast against `pair`; PTX does both halves in one packed subtract and one multiply."""
+    if ASM:
+        zero = tl.broadcast_to(zero, pair.shape).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+        scale = tl.broadcast_to(scale, pair.shape).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+        lo, hi = tl.inline_asm_elementwise(
+            "{ .reg .b32 t; sub.f16x2 t, $2, $3; mul.f16x2 t, t, $4; mov.b32 {$0, $1}, t; }",
+            "=h,=h,r,r,r", [pair, zero | (zero << 16), scale | (scale << 16)],
+            dtype=(tl.float16, tl.float16), is_pure=True, pack=1,
+        )  # fmt: skip
+    else:
+        lo, hi = _halves(pair, False)
+        lo = (lo - zero) * scale
+        hi = (hi - zero) * scale
+    return lo, hi
 
 
 @triton.jit
@@ -175,15 +243,37 @@ def _code_pairs(words, jj: tl.constexpr, ASM: tl.constexpr):
     int-to-float (Nsight Compute: its integer pipe was the busiest, 74%): this spends under one. The
     1024 leaves with the zero point. ASM splits the word's halves with a register move (PTX); the
     interpreter, which runs no PTX, masks and shifts instead."""
-    pair = ((words >> (4 * jj)) & 0x000F000F) | 0x64006400
-    if ASM:
-        lo, hi = tl.inline_asm_elementwise(
-            "mov.b32 {$0, $1}, $2;", "=h,=h,r", [pair], dtype=(tl.float16, tl.float16), is_pure=True, pack=1
-        )
-    else:
-        lo = (pair & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)
-        hi = (pair >> 16).to(tl.int16).to(tl.float16, bitcast=True)
+    lo, hi = _halves(_pair_bits(words, jj), ASM)
     return lo.to(tl.float32), hi.to(tl.float32)
+
+
+@triton.jit
+def _gemv_block(acc, x_row, w_ptr, z_ptr, s_ptr, k0, offs_r, offs_n, mask_n, N, GROUP: tl.constexpr,
+                MAGIC: tl.constexpr, ASM: tl.constexpr):  # fmt: skip
+    """_awq_gemv_kernel's work on one block of K starting at k0: acc [R, BLOCK_N] += its products."""
+    words = tl.load(w_ptr + (k0 // 8 + offs_r)[:, None] * N + offs_n[None, :], mask=mask_n[None, :], other=0)
+    xq = tl.zeros(acc.shape, dtype=tl.float32)
+    x_sum = tl.zeros((acc.shape[0],), dtype=tl.float32)
+    x_at = x_row + k0 + offs_r * 8
+    if MAGIC:
+        for jj in tl.static_range(4):
+            x_lo = tl.load(x_at + jj).to(tl.float32)
+            x_hi = tl.load(x_at + jj + 4).to(tl.float32)
+            lo, hi = _code_pairs(words, jj, ASM)
+            xq += x_lo[:, None] * lo  # two statements: two fused multiply-adds
+            xq += x_hi[:, None] * hi
+            x_sum += x_lo + x_hi
+    else:
+        for j in tl.static_range(8):
+            x = tl.load(x_at + j).to(tl.float32)
+            xq += x[:, None] * ((words >> (4 * j)) & 0xF).to(tl.float32)
+            x_sum += x
+    g = k0 // GROUP
+    z = tl.load(z_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    if MAGIC:
+        z += 1024.0  # the codes came as 1024 + c
+    sc = tl.load(s_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    return acc + sc[None, :] * (xq - x_sum[:, None] * z[None, :])
 
 
 @triton.jit
@@ -191,6 +281,7 @@ def _awq_gemv_kernel(
     x_ptr, w_ptr, z_ptr, s_ptr, y_ptr, ws_ptr, count_ptr, N, stride_xm, stride_ym,
     GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
     BLOCKS_PER_SPLIT: tl.constexpr, MAGIC: tl.constexpr, ASM: tl.constexpr, FIXUP: tl.constexpr,
+    WHOLE: tl.constexpr,
 ):  # fmt: skip
     """One activation row (decode): each packed word loaded once, its 8 codes multiplied on CUDA cores
     into a [BLOCK_K/8, BLOCK_N] accumulator that is reduced over K only once, at the end (a reduction
@@ -202,35 +293,39 @@ def _awq_gemv_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_r = tl.arange(0, R)
     mask_n = offs_n < N
-    acc = tl.zeros((R, BLOCK_N), dtype=tl.float32)
-    for i in range(BLOCKS_PER_SPLIT):
-        k0 = (pid_k * BLOCKS_PER_SPLIT + i) * BLOCK_K
+    x_row = x_ptr + row * stride_xm
+    if WHOLE:
+        # All of this program's blocks as one [blocks, R, BLOCK_N] tensor: every load is issued before
+        # the first is used (a loop waits for each block's words in turn).
+        offs_b = tl.arange(0, BLOCKS_PER_SPLIT)
+        kb = pid_k * BLOCKS_PER_SPLIT + offs_b
         words = tl.load(
-            w_ptr + (k0 // 8 + offs_r)[:, None] * N + offs_n[None, :], mask=mask_n[None, :], other=0
-        )
-        xq = tl.zeros((R, BLOCK_N), dtype=tl.float32)
-        x_sum = tl.zeros((R,), dtype=tl.float32)
-        x_row = x_ptr + row * stride_xm + k0 + offs_r * 8
-        if MAGIC:
-            for jj in tl.static_range(4):
-                x_lo = tl.load(x_row + jj).to(tl.float32)
-                x_hi = tl.load(x_row + jj + 4).to(tl.float32)
-                lo, hi = _code_pairs(words, jj, ASM)
-                xq += x_lo[:, None] * lo  # two statements: two fused multiply-adds
-                xq += x_hi[:, None] * hi
-                x_sum += x_lo + x_hi
-        else:
-            for j in tl.static_range(8):
-                x = tl.load(x_row + j).to(tl.float32)
-                xq += x[:, None] * ((words >> (4 * j)) & 0xF).to(tl.float32)
-                x_sum += x
-        g = k0 // GROUP
-        z = tl.load(z_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-        if MAGIC:
-            z += 1024.0  # the codes came as 1024 + c
-        sc = tl.load(s_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-        acc += sc[None, :] * (xq - x_sum[:, None] * z[None, :])
-    out = tl.sum(acc, axis=0)
+            w_ptr + ((kb * R)[:, None, None] + offs_r[None, :, None]) * N + offs_n[None, None, :],
+            mask=mask_n[None, None, :], other=0,
+        )  # fmt: skip
+        xq = tl.zeros((BLOCKS_PER_SPLIT, R, BLOCK_N), dtype=tl.float32)
+        x_sum = tl.zeros((BLOCKS_PER_SPLIT, R), dtype=tl.float32)
+        x_at = x_row + (kb * BLOCK_K)[:, None] + offs_r[None, :] * 8
+        for jj in tl.static_range(4):
+            x_lo = tl.load(x_at + jj).to(tl.float32)
+            x_hi = tl.load(x_at + jj + 4).to(tl.float32)
+            lo, hi = _code_pairs(words, jj, ASM)
+            xq += x_lo[:, :, None] * lo
+            xq += x_hi[:, :, None] * hi
+            x_sum += x_lo + x_hi
+        g = (kb * BLOCK_K // GROUP)[:, None] * N + offs_n[None, :]
+        z = tl.load(z_ptr + g, mask=mask_n[None, :], other=0.0).to(tl.float32) + 1024.0
+        sc = tl.load(s_ptr + g, mask=mask_n[None, :], other=0.0).to(tl.float32)
+        part = sc[:, None, :] * (xq - x_sum[:, :, None] * z[:, None, :])
+        out = tl.sum(tl.reshape(part, (BLOCKS_PER_SPLIT * R, BLOCK_N)), axis=0)
+    else:
+        acc = tl.zeros((R, BLOCK_N), dtype=tl.float32)
+        for i in range(BLOCKS_PER_SPLIT):
+            k0 = (pid_k * BLOCKS_PER_SPLIT + i) * BLOCK_K
+            acc = _gemv_block(
+                acc, x_row, w_ptr, z_ptr, s_ptr, k0, offs_r, offs_n, mask_n, N, GROUP, MAGIC, ASM
+            )
+        out = tl.sum(acc, axis=0)
     count = count_ptr + row * tl.num_programs(0) + pid_n
     _store_output(
         out, y_ptr + row * stride_ym + offs_n, ws_ptr + row * N + offs_n, count, mask_n, SPLIT_K, FIXUP
@@ -276,6 +371,15 @@ class MatmulConfig:
     # split K summed in one launch (_store_output); off: it gave wrong sums on an H200 at the 67B
     # gate_up shape (tests/test_gpu.py), not yet explained
     fixup: bool = False
+    # tensor-core path, fp16 activations: codes to fp16 two at a time by exponent bits, kept in the
+    # order they come (x loaded in that order), instead of one at a time
+    pairs: bool = False
+    # with pairs: the tile dequantized in fp16 ((c - z) * s) and summed by the dot itself, instead of
+    # raw codes with zero and scale applied to each K block's partial product
+    scaled: bool = False
+    # one-row kernel with magic: a program's K blocks loaded as one tensor, all loads in flight at once
+    # (its blocks per program must be a power of two)
+    whole_split: bool = False
 
 
 def default_config(m: int, n: int, k: int, group: int) -> MatmulConfig:
@@ -334,11 +438,13 @@ def awq_matmul(
     else:
         y = torch.zeros(m, n, dtype=torch.float32, device=x.device)
     ws, counts = split_k_scratch(x.device, m * n, grid[0] * grid[1]) if fixup else (y, y)
+    blocks = k // cfg.block_k // cfg.split_k  # per program
     if cfg.block_m == 1 and cfg.by_word:
         _awq_gemv_kernel[grid](
             x, packed.qweight, packed.zeros, packed.scales, y, ws, counts, n, x.stride(0), y.stride(0),
             GROUP=packed.group, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k,
-            BLOCKS_PER_SPLIT=k // cfg.block_k // cfg.split_k, MAGIC=cfg.magic, ASM=not _interpreted(), FIXUP=fixup,
+            BLOCKS_PER_SPLIT=blocks, MAGIC=cfg.magic, ASM=not _interpreted(), FIXUP=fixup,
+            WHOLE=cfg.whole_split and cfg.magic and blocks & (blocks - 1) == 0,  # tl.arange needs a power of two
             num_warps=cfg.num_warps,
             num_stages=cfg.num_stages,
         )  # fmt: skip
@@ -349,6 +455,7 @@ def awq_matmul(
         SPLIT_K=cfg.split_k, BLOCKS_PER_SPLIT=k // cfg.block_k // cfg.split_k, USE_DOT=cfg.block_m > 1,
         DOT_FP32=x.dtype == torch.bfloat16 and _interpreted(), BY_WORD=cfg.by_word,
         MAGIC=cfg.magic and cfg.block_m > 1 and x.dtype == torch.float16, FIXUP=fixup,
+        PAIRS=cfg.pairs and cfg.block_m > 1 and x.dtype == torch.float16, SCALED=cfg.scaled, ASM=not _interpreted(),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     return y.to(out_dtype)
