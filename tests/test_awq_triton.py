@@ -18,6 +18,7 @@ from tameshi.kernels.awq_triton import (  # noqa: E402
     default_config,
     kdequantize_reference,
     kpack,
+    launch,
 )
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -57,6 +58,7 @@ CASES = [  # m, k, n, group, config (None = the default for the shape)
     (1, 256, 64, 64, MatmulConfig(1, 64, 64, 2, by_word=True)),  # each word loaded once
     (16, 256, 64, 128, MatmulConfig(16, 64, 128, 2, by_word=True)),
     (40, 256, 128, 128, None),  # batched decode: one 64-row tile, rows masked; K split in two
+    (1, 512, 96, 128, None),  # one row: a program's two blocks as one tensor
     # codes to floats by exponent bits instead of conversions: one row, each of the 8 nibbles
     (1, 256, 96, 64, MatmulConfig(1, 64, 64, 2, by_word=True, magic=True)),
     (20, 256, 64, 128, MatmulConfig(32, 32, 64, 2, magic=True)),  # the tensor-core path (fp16)
@@ -125,6 +127,35 @@ def test_split_k_leaves_its_scratch_zero():
         assert not ws.any() and not counts.any()
 
 
+@pytest.mark.parametrize(
+    "config",
+    [
+        MatmulConfig(16, 64, 64, 1),
+        MatmulConfig(16, 64, 64, 4),  # atomics into y
+        MatmulConfig(16, 64, 64, 4, fixup=True),
+        MatmulConfig(64, 64, 128, 2, pairs=True, scaled=True),
+        MatmulConfig(64, 128, 128, 2, by_word=True, magic=True),
+    ],
+)
+def test_rows_past_m_are_left_alone(config):
+    """A tile's rows past M are masked: nothing is written there, in y or in the workspace. Those rows
+    hold a subnormal float, which even a stray atomic add of 0.0 flushes to zero."""
+    m, k, n = 3, 256, 64
+    packed, w = packed_and_reference(k, n, 128, seed=11)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(11)).half().to(DEVICE)
+    tiny = 1e-40
+    y = torch.full((config.block_m, n), tiny, dtype=torch.float32, device=DEVICE)
+    ws = torch.full((config.block_m, n), tiny, dtype=torch.float32, device=DEVICE)
+    if config.split_k > 1:
+        (ws if config.fixup else y)[:m] = 0.0
+    counts = torch.zeros(64, dtype=torch.int32, device=DEVICE)
+    launch(x, packed, config, y, ws, counts)
+    ref = x.cpu().float() @ w
+    torch.testing.assert_close(y[:m].cpu(), ref, rtol=2**-11, atol=2**-11 * ref.abs().max().item())
+    assert (y[m:] == tiny).all() and (ws[m:] == tiny).all()
+    assert not counts.any()
+
+
 @pytest.mark.parametrize("group", [32, 128])
 def test_dequantize_equals_reference(group):
     packed, ref = packed_and_reference(256, 192, group, seed=group)
@@ -134,15 +165,16 @@ def test_dequantize_equals_reference(group):
 
 def test_default_config_splits_k_evenly():
     decode = default_config(1, 8192, 8192, 128)
-    assert decode.block_m == 1 and decode.split_k == 16  # 64 blocks of K, 4 per program
+    assert decode.block_m == 1 and decode.split_k == 32  # 64 blocks of K, 2 per program
     down = default_config(1, 8192, 22016, 128)  # 172 blocks: the split must divide them
-    assert 172 % down.split_k == 0 and 172 // down.split_k == 4
+    assert 172 % down.split_k == 0 and 172 // down.split_k == 2
     assert default_config(16, 8192, 8192, 128).split_k == 64
     batched = default_config(64, 8192, 22016, 128)  # batched decode: 64-row tiles, K split in two
     assert (batched.block_m, batched.block_n, batched.split_k) == (64, 64, 2)
-    wide = default_config(64, 10240, 8192, 128)  # qkv: 128 columns, still too few tiles without a split
-    assert (wide.block_n, wide.split_k, wide.by_word) == (128, 2, True)
-    assert default_config(40, 44032, 8192, 128).split_k == 1  # enough column tiles alone
+    qkv = default_config(64, 10240, 8192, 128)  # 160 column tiles: still split
+    assert (qkv.block_n, qkv.split_k, qkv.pairs, qkv.scaled) == (64, 2, True, True)
+    gate_up = default_config(40, 44032, 8192, 128)  # 128 columns, enough tiles alone
+    assert (gate_up.block_n, gate_up.split_k) == (128, 1)
 
 
 def test_shape_mismatch_is_refused():

@@ -389,25 +389,30 @@ def default_config(m: int, n: int, k: int, group: int) -> MatmulConfig:
     Decode streams every weight once, so the speed is memory parallelism: K is split so that each
     program handles only a few blocks and thousands of programs have loads in flight at once; the
     partial sums meet in fp32 atomics. One row: CUDA cores, 64-column tiles, each word loaded once,
-    four warps, codes to floats two at a time by exponent bits (12-15% faster than conversions on an
-    H200). A few rows: the tensor-core dot, one block of K per program.
+    codes to floats two at a time by exponent bits. A few rows: the tensor-core dot, one block of K
+    per program.
     """
     block_k = next(b for b in (128, 64, 32, 16) if group % b == 0)
     n_blocks = k // block_k
-    if m == 1:
-        split = _split(n_blocks, per_program=4)
-        return MatmulConfig(1, 64, block_k, split, num_warps=4, by_word=True, magic=True)
+    if (
+        m == 1
+    ):  # two blocks per program, loaded as one tensor, two warps: 2-8% faster than four blocks in a loop
+        split = _split(n_blocks, per_program=2)
+        return MatmulConfig(1, 64, block_k, split, num_warps=2, by_word=True, magic=True, whole_split=True)
     if m <= 16:
         return MatmulConfig(16, 128, block_k, _split(n_blocks, per_program=1), num_warps=8)
-    # Up to 64 rows (batched decode): one 64-row tile, 128 columns wide where N is wider than 8192;
-    # K split in two only where the columns alone give too few programs to fill the GPU (at 67B: qkv,
-    # o and down). Each word loaded once and spread over its rows in registers, codes to fp16 by
-    # exponent bits (fp16 activations). On an H200 the sweep's best on all four 67B shapes, 5-18%
-    # faster than the repeated loads; the exponent bits 6-19% faster than conversions, where with 1-16
-    # rows they were no faster or up to 2x slower (benchmarks/results/awq-sweep-h200.md).
-    block_n = 128 if n > 8192 else 64
-    split = 2 if n // block_n < 150 and n_blocks % 2 == 0 else 1
-    return MatmulConfig(64, block_n, block_k, split, num_warps=4, by_word=True, magic=True)
+    # Up to 64 rows (batched decode): one 64-row tile of fp16 weights, dequantized two codes at a time
+    # (pairs, scaled; by_word and magic are bf16 activations' fallback). 128 columns where N is wider
+    # than 16384 (at 67B: gate_up), two pipeline stages there and four otherwise; K split in two where
+    # the column tiles number under 200 (qkv, o, down). On an H200 the sweep's best on all four 67B
+    # shapes, 5-20% faster than by_word's single-code exponent bits
+    # (benchmarks/results/awq-sweep-h200.md).
+    block_n = 128 if n > 16384 else 64
+    split = 2 if n // block_n < 200 and n_blocks % 2 == 0 else 1
+    return MatmulConfig(
+        64, block_n, block_k, split, num_warps=4, num_stages=2 if block_n == 128 else 4,
+        by_word=True, magic=True, pairs=True, scaled=True,
+    )  # fmt: skip
 
 
 def _split(n_blocks: int, per_program: int) -> int:
@@ -433,11 +438,33 @@ def awq_matmul(
     out_dtype = out_dtype or x.dtype
     grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, cfg.block_m), cfg.split_k)
     fixup = cfg.split_k > 1 and cfg.fixup
+    # Atomics' buffers span whole tiles of rows: rows past M are masked, and must stay inside them even
+    # if a masked lane ever wrote (tests/test_awq_triton.py holds the kernels to writing nothing there)
+    rows = grid[1] * cfg.block_m
     if cfg.split_k == 1 or fixup:
         y = torch.empty(m, n, dtype=out_dtype, device=x.device)
     else:
-        y = torch.zeros(m, n, dtype=torch.float32, device=x.device)
-    ws, counts = split_k_scratch(x.device, m * n, grid[0] * grid[1]) if fixup else (y, y)
+        y = torch.zeros(rows, n, dtype=torch.float32, device=x.device)[:m]
+    ws, counts = split_k_scratch(x.device, rows * n, grid[0] * grid[1]) if fixup else (y, y)
+    launch(x, packed, cfg, y, ws, counts)
+    return y.to(out_dtype)
+
+
+def launch(
+    x: torch.Tensor,
+    packed: KPacked,
+    cfg: MatmulConfig,
+    y: torch.Tensor,
+    ws: torch.Tensor,
+    counts: torch.Tensor,
+) -> None:
+    """awq_matmul's kernel on buffers it was given: y [M, N] (float32 and zeroed for split K's
+    atomics), and for split K in one launch the zeroed workspace (float32, [M, N] contiguous) and
+    tile counters."""
+    m, k = x.shape
+    n = packed.shape[1]
+    grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, cfg.block_m), cfg.split_k)
+    fixup = cfg.split_k > 1 and cfg.fixup
     blocks = k // cfg.block_k // cfg.split_k  # per program
     if cfg.block_m == 1 and cfg.by_word:
         _awq_gemv_kernel[grid](
@@ -448,17 +475,16 @@ def awq_matmul(
             num_warps=cfg.num_warps,
             num_stages=cfg.num_stages,
         )  # fmt: skip
-        return y.to(out_dtype)
+        return
     _awq_matmul_kernel[grid](
         x, packed.qweight, packed.zeros, packed.scales, y, ws, counts, m, n, x.stride(0), y.stride(0),
         GROUP=packed.group, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        SPLIT_K=cfg.split_k, BLOCKS_PER_SPLIT=k // cfg.block_k // cfg.split_k, USE_DOT=cfg.block_m > 1,
+        SPLIT_K=cfg.split_k, BLOCKS_PER_SPLIT=blocks, USE_DOT=cfg.block_m > 1,
         DOT_FP32=x.dtype == torch.bfloat16 and _interpreted(), BY_WORD=cfg.by_word,
         MAGIC=cfg.magic and cfg.block_m > 1 and x.dtype == torch.float16, FIXUP=fixup,
         PAIRS=cfg.pairs and cfg.block_m > 1 and x.dtype == torch.float16, SCALED=cfg.scaled, ASM=not _interpreted(),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
-    return y.to(out_dtype)
 
 
 # Per device: the split-K workspace (float32) and tile counters of MatmulConfig.fixup, all zero
