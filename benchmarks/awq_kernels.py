@@ -42,6 +42,12 @@ SHAPES = {  # name: (K, N) of DeepSeek-LLM-67B's linears
     "gate_up 8192→44032": (8192, 44032),
     "down 22016→8192": (22016, 8192),
 }
+SHAPES_7B = {  # DeepSeek-LLM-7B's (no grouped KV heads)
+    "7B qkv 4096→12288": (4096, 12288),
+    "7B o 4096→4096": (4096, 4096),
+    "7B gate_up 4096→22016": (4096, 22016),
+    "7B down 11008→4096": (11008, 4096),
+}
 ROWS = (1, 4, 16, 64, 512)
 GROUP = 128
 
@@ -115,7 +121,7 @@ def tinygemm(k: int, n: int):
 
 def sweep_configs(m: int):
     """Tiles to try at m rows. The non-magic tiles of more than one row were swept before
-    (benchmarks/results/awq-sweep-h100.md); these rows now try the magic dequant's."""
+    (benchmarks/results/awq-sweep-h100.md)."""
     if m == 1:  # the magic kernel, looping over its K blocks or loading them as one tensor
         loop = [
             MatmulConfig(1, n, 128, s, 4, by_word=True, magic=True)
@@ -127,20 +133,21 @@ def sweep_configs(m: int):
             for n in (32, 64, 128) for s in (4, 8, 16, 32, 43) for w in (2, 4, 8)
         ]  # fmt: skip
         return loop + whole
-    elif m <= 16:
-        grid = itertools.product(
+    if m <= 16:  # codes two at a time in the tensor-core tile (pairs), or the tile in fp16 (scaled)
+        grid = itertools.product((64, 128), (8, 16, 32, 64), (4, 8), (2, 3, 4), (False, True))
+        plain = itertools.product(
             (16,), (64, 128), (128,), (8, 16, 32, 64), (4, 8), (3,), (False, True), (True,)
         )
-    else:
-        grid = itertools.product((64,), (64, 128), (128,), (1, 2), (4, 8), (3, 4), (False, True), (True,))
-    configs = [MatmulConfig(*c) for c in grid]
-    # codes two at a time in the tensor-core tile (pairs), and the tile dequantized in fp16 (scaled)
-    block_m, widths, splits = (16, (64, 128), (8, 16, 32, 64)) if m <= 16 else (64, (64, 128, 256), (1, 2))
-    for n, split, warps, stages, scaled in itertools.product(
-        widths, splits, (4, 8), (2, 3, 4), (False, True)
-    ):
-        configs.append(MatmulConfig(block_m, n, 128, split, warps, stages, pairs=True, scaled=scaled))
-    return configs
+        return [MatmulConfig(*c) for c in plain] + [
+            MatmulConfig(16, n, 128, split, warps, stages, pairs=True, scaled=scaled)
+            for n, split, warps, stages, scaled in grid
+        ]
+    # 17-64 rows: the fp16 tile (pairs, scaled) at 4 warps, the winner of 2026-12-01's sweep, over
+    # widths, splits and stages (how many programs fill the GPU, and how many fit on an SM)
+    return [
+        MatmulConfig(64, n, 128, split, 4, stages, pairs=True, scaled=True)
+        for n in (32, 64, 128) for split in (1, 2, 4, 8) for stages in (2, 3, 4)
+    ]  # fmt: skip
 
 
 def sweep(x, packs) -> tuple[MatmulConfig | None, float]:
@@ -232,6 +239,7 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true", help="search tile configs instead (qkv and down shapes)")
     ap.add_argument("--sweep-rows", type=lambda t: [int(v) for v in t.split(",")], default=[1, 16, 64])
     ap.add_argument("--sweep-all-shapes", action="store_true", help="sweep o and gate_up too")
+    ap.add_argument("--shapes", choices=["67b", "7b"], default="67b", help="whose linears")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
@@ -255,8 +263,9 @@ def main() -> None:
             "| shape | M | best config | µs | GB/s | default µs | deq+mm µs |",
             "|---|---:|---|---:|---:|---:|---:|",
         ]
-        for name in SHAPES if args.sweep_all_shapes else ("qkv 8192→10240", "down 22016→8192"):
-            lines += sweep_shape(name, *SHAPES[name], args.sweep_rows)
+        shapes = SHAPES_7B if args.shapes == "7b" else SHAPES
+        for name in shapes if args.sweep_all_shapes else list(shapes)[::3]:  # qkv and down
+            lines += sweep_shape(name, *shapes[name], args.sweep_rows)
             torch.cuda.empty_cache()
     else:
         for name, (k, n) in SHAPES.items():

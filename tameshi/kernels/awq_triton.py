@@ -403,14 +403,15 @@ def default_config(m: int, n: int, k: int, group: int) -> MatmulConfig:
         return MatmulConfig(16, 128, block_k, _split(n_blocks, per_program=1), num_warps=8)
     # Up to 64 rows (batched decode): one 64-row tile of fp16 weights, dequantized two codes at a time
     # (pairs, scaled; by_word and magic are bf16 activations' fallback). 128 columns where N is wider
-    # than 16384 (at 67B: gate_up), two pipeline stages there and four otherwise; K split in two where
+    # than 16384 (at 67B: gate_up), two pipeline stages there and three otherwise (four fit only two
+    # programs on an SM: qkv's 320 then ran in two waves, 106 against 73 µs); K split in two where
     # the column tiles number under 200 (qkv, o, down). On an H200 the sweep's best on all four 67B
     # shapes, 5-20% faster than by_word's single-code exponent bits
     # (benchmarks/results/awq-sweep-h200.md).
     block_n = 128 if n > 16384 else 64
     split = 2 if n // block_n < 200 and n_blocks % 2 == 0 else 1
     return MatmulConfig(
-        64, block_n, block_k, split, num_warps=4, num_stages=2 if block_n == 128 else 4,
+        64, block_n, block_k, split, num_warps=4, num_stages=2 if block_n == 128 else 3,
         by_word=True, magic=True, pairs=True, scaled=True,
     )  # fmt: skip
 
@@ -438,14 +439,11 @@ def awq_matmul(
     out_dtype = out_dtype or x.dtype
     grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, cfg.block_m), cfg.split_k)
     fixup = cfg.split_k > 1 and cfg.fixup
-    # Atomics' buffers span whole tiles of rows: rows past M are masked, and must stay inside them even
-    # if a masked lane ever wrote (tests/test_awq_triton.py holds the kernels to writing nothing there)
-    rows = grid[1] * cfg.block_m
     if cfg.split_k == 1 or fixup:
         y = torch.empty(m, n, dtype=out_dtype, device=x.device)
     else:
-        y = torch.zeros(rows, n, dtype=torch.float32, device=x.device)[:m]
-    ws, counts = split_k_scratch(x.device, rows * n, grid[0] * grid[1]) if fixup else (y, y)
+        y = torch.zeros(m, n, dtype=torch.float32, device=x.device)
+    ws, counts = split_k_scratch(x.device, m * n, grid[0] * grid[1]) if fixup else (y, y)
     launch(x, packed, cfg, y, ws, counts)
     return y.to(out_dtype)
 
