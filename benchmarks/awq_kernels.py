@@ -214,7 +214,7 @@ def bench_shape(name: str, k: int, n: int, copy_gbs: float, autoawq) -> list[str
     return rows
 
 
-def sweep_shape(name: str, k: int, n: int, rows_to_sweep: list[int]) -> list[str]:
+def sweep_shape(name: str, k: int, n: int, rows_to_sweep: list[int], grid: bool = True) -> list[str]:
     packs = []
     for _ in range(max(2, -(-120 * 2**20 // (k * n // 2)))):  # > 2x L2 in all, as in bench_shape
         packs.append(make_layer(k, n, *random_awq(k, n)).kernel_weight)
@@ -223,7 +223,7 @@ def sweep_shape(name: str, k: int, n: int, rows_to_sweep: list[int]) -> list[str
     rows = []
     for m in rows_to_sweep:
         x = torch.randn(m, k, device="cuda", dtype=torch.float16)
-        cfg, ms = sweep(x, packs)
+        cfg, ms = sweep(x, packs) if grid else (None, float("inf"))
         default_ms = graph_ms([lambda p=p: awq_matmul(x, p) for p in packs])  # noqa: B023
         deq_ms = graph_ms([lambda p=p: x @ awq_dequantize(p, x.dtype) for p in packs])  # noqa: B023
         rows.append(
@@ -240,6 +240,7 @@ def main() -> None:
     ap.add_argument("--sweep-rows", type=lambda t: [int(v) for v in t.split(",")], default=[1, 16, 64])
     ap.add_argument("--sweep-all-shapes", action="store_true", help="sweep o and gate_up too")
     ap.add_argument("--shapes", choices=["67b", "7b"], default="67b", help="whose linears")
+    ap.add_argument("--defaults-only", action="store_true", help="with --sweep: time the defaults, no grid")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
@@ -265,7 +266,7 @@ def main() -> None:
         ]
         shapes = SHAPES_7B if args.shapes == "7b" else SHAPES
         for name in shapes if args.sweep_all_shapes else list(shapes)[::3]:  # qkv and down
-            lines += sweep_shape(name, *shapes[name], args.sweep_rows)
+            lines += sweep_shape(name, *shapes[name], args.sweep_rows, grid=not args.defaults_only)
             torch.cuda.empty_cache()
     else:
         for name, (k, n) in SHAPES.items():

@@ -169,12 +169,14 @@ def test_default_config_splits_k_evenly():
     down = default_config(1, 8192, 22016, 128)  # 172 blocks: the split must divide them
     assert 172 % down.split_k == 0 and 172 // down.split_k == 2
     assert default_config(16, 8192, 8192, 128).split_k == 64
-    batched = default_config(64, 8192, 22016, 128)  # batched decode: 64-row tiles, K split in two
-    assert (batched.block_m, batched.block_n, batched.split_k) == (64, 64, 2)
-    qkv = default_config(64, 10240, 8192, 128)  # 160 column tiles: still split
-    assert (qkv.block_n, qkv.split_k, qkv.pairs, qkv.scaled) == (64, 2, True, True)
-    gate_up = default_config(40, 44032, 8192, 128)  # 128 columns, enough tiles alone
+    batched = default_config(64, 8192, 22016, 128)  # batched decode: 64-row tiles, 64 of them, K split in 4
+    assert (batched.block_m, batched.block_n, batched.split_k) == (64, 128, 4)
+    qkv = default_config(64, 10240, 8192, 128)  # 80 column tiles: split to 256 programs or more
+    assert (qkv.block_n, qkv.split_k, qkv.pairs, qkv.scaled) == (128, 4, True, True)
+    gate_up = default_config(40, 44032, 8192, 128)  # 344 tiles, enough alone
     assert (gate_up.block_n, gate_up.split_k) == (128, 1)
+    narrow = default_config(64, 4096, 11008, 128)  # 7B down: 32 columns, 86 blocks split in two
+    assert (narrow.block_n, narrow.split_k) == (32, 2)
 
 
 def test_shape_mismatch_is_refused():

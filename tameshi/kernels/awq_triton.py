@@ -402,16 +402,16 @@ def default_config(m: int, n: int, k: int, group: int) -> MatmulConfig:
     if m <= 16:
         return MatmulConfig(16, 128, block_k, _split(n_blocks, per_program=1), num_warps=8)
     # Up to 64 rows (batched decode): one 64-row tile of fp16 weights, dequantized two codes at a time
-    # (pairs, scaled; by_word and magic are bf16 activations' fallback). 128 columns where N is wider
-    # than 16384 (at 67B: gate_up), two pipeline stages there and three otherwise (four fit only two
-    # programs on an SM: qkv's 320 then ran in two waves, 106 against 73 µs); K split in two where
-    # the column tiles number under 200 (qkv, o, down). On an H200 the sweep's best on all four 67B
-    # shapes, 5-20% faster than by_word's single-code exponent bits
-    # (benchmarks/results/awq-sweep-h200.md).
-    block_n = 128 if n > 16384 else 64
-    split = 2 if n // block_n < 200 and n_blocks % 2 == 0 else 1
+    # (pairs, scaled; by_word and magic are bf16 activations' fallback), 11-20% faster than single
+    # codes by exponent bits on the 67B shapes. Tile width and split from sweeps on an H200 at the 67B
+    # and 7B shapes (benchmarks/results/awq-sweep-h200.md): 128 columns where both K and N are 8192 or
+    # more, else 64 where N is 16384 or more, else 32; K split by the least divisor that gives 256
+    # programs (two per SM). That is each sweep's best width and split but at 7B o (best unsplit).
+    block_n = 128 if k >= 8192 and n >= 8192 else 64 if n >= 16384 else 32
+    tiles = -(-n // block_n)
+    split = next((d for d in range(1, n_blocks + 1) if n_blocks % d == 0 and tiles * d >= 256), n_blocks)
     return MatmulConfig(
-        64, block_n, block_k, split, num_warps=4, num_stages=2 if block_n == 128 else 3,
+        64, block_n, block_k, split, num_warps=4, num_stages={128: 2, 64: 3, 32: 4}[block_n],
         by_word=True, magic=True, pairs=True, scaled=True,
     )  # fmt: skip
 
