@@ -183,3 +183,20 @@ def test_shape_mismatch_is_refused():
     packed, _ = packed_and_reference(128, 64, 32, seed=0)
     with pytest.raises(ValueError, match="weight is"):
         awq_matmul(torch.zeros(1, 256, dtype=torch.float16, device=DEVICE), packed)
+
+
+def test_default_tiles_compile_for_sm90():
+    """Every default tile over 67B, 7B, small and tensor-parallel shapes, groups 32-128, compiles for
+    an sm_90 GPU with this machine's Triton (its own compiler and ptxas; no GPU needed). The pairs
+    tile 32 x 32 did not, and that was first seen on two H200s."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton.backends.nvidia")
+    env = {key: v for key, v in os.environ.items() if key != "TRITON_INTERPRET"}
+    script = Path(__file__).with_name("awq_tiles_compile.py")
+    run = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "0 failed" in run.stdout

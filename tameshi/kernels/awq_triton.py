@@ -407,6 +407,9 @@ def default_config(m: int, n: int, k: int, group: int) -> MatmulConfig:
     # and 7B shapes (benchmarks/results/awq-sweep-h200.md): 128 columns where both K and N are 8192 or
     # more, else 64 where N is 16384 or more, else 32; K split by the least divisor that gives 256
     # programs (two per SM). That is each sweep's best width and split but at 7B o (best unsplit).
+    if block_k < 64:  # groups of 32 or less: Triton 3.6-3.9 fail to compile the pairs tile 32 x 32
+        split = 2 if n // 64 < 150 and n_blocks % 2 == 0 else 1
+        return MatmulConfig(64, 64, block_k, split, num_warps=4, by_word=True, magic=True)
     block_n = 128 if k >= 8192 and n >= 8192 else 64 if n >= 16384 else 32
     tiles = -(-n // block_n)
     split = next((d for d in range(1, n_blocks + 1) if n_blocks % d == 0 and tiles * d >= 256), n_blocks)
@@ -462,26 +465,32 @@ def launch(
     m, k = x.shape
     n = packed.shape[1]
     grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, cfg.block_m), cfg.split_k)
+    kernel, consts = kernel_constants(cfg, k, packed.group, x.dtype)
+    sizes = (n,) if kernel is _awq_gemv_kernel else (m, n)
+    kernel[grid](
+        x, packed.qweight, packed.zeros, packed.scales, y, ws, counts, *sizes, x.stride(0), y.stride(0),
+        **consts, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )  # fmt: skip
+
+
+def kernel_constants(cfg: MatmulConfig, k: int, group: int, dtype: torch.dtype) -> tuple:
+    """The kernel that runs `cfg` and its compile-time constants (also for compiling it ahead, in tests)."""
     fixup = cfg.split_k > 1 and cfg.fixup
     blocks = k // cfg.block_k // cfg.split_k  # per program
+    asm = not _interpreted()
     if cfg.block_m == 1 and cfg.by_word:
-        _awq_gemv_kernel[grid](
-            x, packed.qweight, packed.zeros, packed.scales, y, ws, counts, n, x.stride(0), y.stride(0),
-            GROUP=packed.group, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k,
-            BLOCKS_PER_SPLIT=blocks, MAGIC=cfg.magic, ASM=not _interpreted(), FIXUP=fixup,
+        return _awq_gemv_kernel, dict(
+            GROUP=group, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k,
+            BLOCKS_PER_SPLIT=blocks, MAGIC=cfg.magic, ASM=asm, FIXUP=fixup,
             WHOLE=cfg.whole_split and cfg.magic and blocks & (blocks - 1) == 0,  # tl.arange needs a power of two
-            num_warps=cfg.num_warps,
-            num_stages=cfg.num_stages,
         )  # fmt: skip
-        return
-    _awq_matmul_kernel[grid](
-        x, packed.qweight, packed.zeros, packed.scales, y, ws, counts, m, n, x.stride(0), y.stride(0),
-        GROUP=packed.group, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+    fp16 = dtype == torch.float16
+    return _awq_matmul_kernel, dict(
+        GROUP=group, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         SPLIT_K=cfg.split_k, BLOCKS_PER_SPLIT=blocks, USE_DOT=cfg.block_m > 1,
-        DOT_FP32=x.dtype == torch.bfloat16 and _interpreted(), BY_WORD=cfg.by_word,
-        MAGIC=cfg.magic and cfg.block_m > 1 and x.dtype == torch.float16, FIXUP=fixup,
-        PAIRS=cfg.pairs and cfg.block_m > 1 and x.dtype == torch.float16, SCALED=cfg.scaled, ASM=not _interpreted(),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        DOT_FP32=dtype == torch.bfloat16 and _interpreted(), BY_WORD=cfg.by_word,
+        MAGIC=cfg.magic and cfg.block_m > 1 and fp16, FIXUP=fixup,
+        PAIRS=cfg.pairs and cfg.block_m > 1 and fp16, SCALED=cfg.scaled, ASM=asm,
     )  # fmt: skip
 
 

@@ -1,0 +1,64 @@
+"""Compile AWQLinear's default tiles for an sm_90 GPU, on any machine (Triton's own compiler and
+ptxas, no GPU needed): a tile Triton cannot compile is found here, not on the first GPU that runs it.
+
+    python tests/awq_tiles_compile.py      (exit status 1 if any fails; run by test_awq_triton.py)
+
+Run without TRITON_INTERPRET, which replaces the kernels by the interpreter's.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+
+import torch
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource, compile
+
+from tameshi.kernels.awq_triton import _awq_gemv_kernel, default_config, kernel_constants
+
+# (K, N): DeepSeek-LLM 67B and 7B linears, a small model's, and a tensor-parallel rank's of a tiny one
+SHAPES = [(8192, 10240), (8192, 8192), (8192, 44032), (22016, 8192), (4096, 12288), (4096, 4096),
+          (4096, 22016), (11008, 4096), (576, 1536), (1536, 576), (128, 256), (256, 128)]  # fmt: skip
+GROUPS = (32, 64, 128)
+ROWS = (1, 4, 64)
+
+
+def signature(kernel, consts: dict, dtype: torch.dtype) -> dict:
+    act = "*fp16" if dtype == torch.float16 else "*bf16"
+    sig = {"x_ptr": act, "w_ptr": "*i32", "z_ptr": "*fp16", "s_ptr": "*fp16", "y_ptr": "*fp32"}
+    sig |= {"ws_ptr": "*fp32", "count_ptr": "*i32"}
+    sig |= {name: "i32" for name in (("N",) if kernel is _awq_gemv_kernel else ("M", "N"))}
+    sig |= {"stride_xm": "i32", "stride_ym": "i32"}
+    return sig | {name: "constexpr" for name in consts}
+
+
+def main() -> int:
+    seen, failed = set(), []
+    target = GPUTarget("cuda", 90, 32)
+    for (k, n), group, m, dtype in itertools.product(SHAPES, GROUPS, ROWS, (torch.float16, torch.bfloat16)):
+        if k % group:
+            continue
+        cfg = default_config(m, n, k, group)
+        kernel, consts = kernel_constants(cfg, k, group, dtype)
+        consts["ASM"] = True  # as on a GPU
+        key = (kernel.__name__, tuple(sorted(consts.items())), cfg.num_warps, cfg.num_stages, dtype)
+        if key in seen:
+            continue
+        seen.add(key)
+        sig = signature(kernel, consts, dtype)
+        ints = [i for i, name in enumerate(sig) if sig[name] != "constexpr" and name != "M"]
+        attrs = {(i,): [["tt.divisibility", 16]] for i in ints}
+        try:
+            compile(ASTSource(kernel, sig, consts, attrs), target=target,
+                    options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})  # fmt: skip
+        except Exception as e:  # report every tile that fails, then fail
+            failed.append(f"K={k} N={n} group={group} M={m} {dtype}: {cfg}: {str(e).splitlines()[0]}")
+    print(f"{len(seen)} tiles compiled for sm_90, {len(failed)} failed")
+    for line in failed:
+        print(line)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
