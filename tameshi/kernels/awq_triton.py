@@ -394,9 +394,8 @@ def default_config(m: int, n: int, k: int, group: int) -> MatmulConfig:
     """
     block_k = next(b for b in (128, 64, 32, 16) if group % b == 0)
     n_blocks = k // block_k
-    if (
-        m == 1
-    ):  # two blocks per program, loaded as one tensor, two warps: 2-8% faster than four blocks in a loop
+    if m == 1:
+        # two blocks per program, loaded as one tensor, two warps: 2-8% faster than four in a loop
         split = _split(n_blocks, per_program=2)
         return MatmulConfig(1, 64, block_k, split, num_warps=2, by_word=True, magic=True, whole_split=True)
     if m <= 16:
@@ -407,6 +406,9 @@ def default_config(m: int, n: int, k: int, group: int) -> MatmulConfig:
     # and 7B shapes (benchmarks/results/awq-sweep-h200.md): 128 columns where both K and N are 8192 or
     # more, else 64 where N is 16384 or more, else 32; K split by the least divisor that gives 256
     # programs (two per SM). That is each sweep's best width and split but at 7B o (best unsplit).
+    # Pipeline stages: two at 128 columns, three below. Deeper pipelines take shared memory and can
+    # leave a wave of programs for a second round: 32 columns with four stages took 7B qkv from 41
+    # to 56 µs, and 64 columns with four 67B qkv from 73 to 106.
     if block_k < 64:  # groups of 32 or less: Triton 3.6-3.9 fail to compile the pairs tile 32 x 32
         split = 2 if n // 64 < 150 and n_blocks % 2 == 0 else 1
         return MatmulConfig(64, 64, block_k, split, num_warps=4, by_word=True, magic=True)
@@ -414,7 +416,7 @@ def default_config(m: int, n: int, k: int, group: int) -> MatmulConfig:
     tiles = -(-n // block_n)
     split = next((d for d in range(1, n_blocks + 1) if n_blocks % d == 0 and tiles * d >= 256), n_blocks)
     return MatmulConfig(
-        64, block_n, block_k, split, num_warps=4, num_stages={128: 2, 64: 3, 32: 4}[block_n],
+        64, block_n, block_k, split, num_warps=4, num_stages=2 if block_n == 128 else 3,
         by_word=True, magic=True, pairs=True, scaled=True,
     )  # fmt: skip
 
