@@ -88,7 +88,9 @@ def _partial_product(x, codes, USE_DOT: tl.constexpr, DOT_FP32: tl.constexpr, MA
 
 
 @triton.jit
-def _store_output(out, y_ptrs, ws_ptrs, count_ptr, mask, SPLIT_K: tl.constexpr, FIXUP: tl.constexpr):
+def _store_output(
+    out, y_ptrs, ws_ptrs, count_ptr, mask, SPLIT_K: tl.constexpr, FIXUP: tl.constexpr, ASM: tl.constexpr
+):
     """Write this program's part of y. Split K: add it into y (float32, zeroed before the kernel and
     cast after it); or, with FIXUP, into a float32 workspace, and the split that finishes a tile
     last (a counter per tile tells it) writes the sum to y in y's dtype and sets workspace and
@@ -99,6 +101,18 @@ def _store_output(out, y_ptrs, ws_ptrs, count_ptr, mask, SPLIT_K: tl.constexpr, 
         tl.atomic_add(y_ptrs, out, mask=mask)
     else:
         tl.atomic_add(ws_ptrs, out, mask=mask, sem="relaxed")
+        if ASM:
+            # Every thread's adds visible to the whole GPU before the tile counts this program done:
+            # the counter's release below is thread 0's, and its fence need not wait for the other
+            # warps' adds.
+            tl.inline_asm_elementwise(
+                "fence.acq_rel.gpu; mov.u32 $0, $1;",
+                "=r,r",
+                [tl.program_id(0)],
+                dtype=tl.int32,
+                is_pure=False,
+                pack=1,
+            )
         tl.debug_barrier()  # all of this program's adds are issued before it counts itself done
         done = tl.atomic_add(count_ptr, 1, sem="acq_rel")  # release: its adds; acquire: the others'
         if done == SPLIT_K - 1:
@@ -190,7 +204,7 @@ def _awq_matmul_kernel(
     ws_ptrs = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
     mask = mask_m[:, None] & mask_n[None, :]
     count = count_ptr + pid_m * tl.num_programs(0) + pid_n
-    _store_output(acc, y_ptrs, ws_ptrs, count, mask, SPLIT_K, FIXUP)
+    _store_output(acc, y_ptrs, ws_ptrs, count, mask, SPLIT_K, FIXUP, ASM)
 
 
 @triton.jit
@@ -328,7 +342,7 @@ def _awq_gemv_kernel(
         out = tl.sum(acc, axis=0)
     count = count_ptr + row * tl.num_programs(0) + pid_n
     _store_output(
-        out, y_ptr + row * stride_ym + offs_n, ws_ptr + row * N + offs_n, count, mask_n, SPLIT_K, FIXUP
+        out, y_ptr + row * stride_ym + offs_n, ws_ptr + row * N + offs_n, count, mask_n, SPLIT_K, FIXUP, ASM
     )
 
 
@@ -368,8 +382,9 @@ class MatmulConfig:
     # codes to floats by exponent bits, not conversions (_code_pairs); the tensor-core
     # path does it for fp16 activations only
     magic: bool = False
-    # split K summed in one launch (_store_output); off: it gave wrong sums on an H200 at the 67B
-    # gate_up shape (tests/test_gpu.py), not yet explained
+    # split K summed in one launch (_store_output). Off: on an H200 at the 67B gate_up shape, 4 rows
+    # in the 16-row tile, 125 of 300 calls summed wrong (1 and 16 rows: none) while only thread 0
+    # fenced before counting; every thread fences now, which has not yet run on a GPU
     fixup: bool = False
     # tensor-core path, fp16 activations: codes to fp16 two at a time by exponent bits, kept in the
     # order they come (x loaded in that order), instead of one at a time
