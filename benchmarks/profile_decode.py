@@ -1,9 +1,13 @@
-"""Where a batch-1 decode step's time goes: GPU (one CUDA-graph replay) vs the whole engine step.
+"""Where a decode step's time goes: GPU kernels by kind, CUDA-graph replay against the whole engine
+step, and the host functions that cost most.
 
-    python benchmarks/profile_decode.py CKPT [--tokens 64]
+    python benchmarks/profile_decode.py CKPT [--batch 1] [--prompt-len 128] [--tokens 64] [--steps 20]
 
-Prints the replay time alone, the engine's time per token, and the host functions that cost most
-(cProfile), so host overhead shows up as the difference.
+`--batch N` starts N requests of --prompt-len random tokens together and, once all have their first
+token, profiles --steps decode steps of the N rows (torch.profiler, CUDA kernels grouped by kind: AWQ
+matmuls, cuBLAS, paged attention, the fused norm/RoPE/SwiGLU kernels, sampling, copies). At batch 1 it
+also times one graph replay alone and the engine per token, so host overhead shows up as the
+difference, and prints cProfile's top host functions. CKPT may be `synth:PRESET[:awq]`.
 """
 
 from __future__ import annotations
@@ -11,24 +15,91 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
+import random
+import re
 import time
+from collections import defaultdict
 
 import torch
 
 from tameshi import LLM
+from tameshi.bench import random_prompt
+from tameshi.engine.engine import EngineConfig
 from tameshi.sampling_params import SamplingParams
 
+KINDS = [  # (kind, pattern on the kernel name), first match wins
+    ("AWQ matmul", r"_awq_(matmul|gemv)"),
+    ("AWQ dequantize", r"_awq_dequantize"),
+    ("paged attention", r"paged|attention|attn|fmha|flash"),
+    ("cuBLAS / GEMM", r"gemm|gemv|xmma|cutlass|cublas|sm\d\d_"),
+    ("norm, RoPE, SwiGLU", r"rms|norm|rope|rotary|silu|swiglu"),
+    ("all-reduce", r"nccl"),
+    ("sampling", r"argmax|topk|sort|softmax|multinomial|cumsum|max_kernel|reduce"),
+    ("copies, fills, casts", r"copy|fill|memset|memcpy|cat|index|elementwise|vectorized"),
+]
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("checkpoint")
-    ap.add_argument("--tokens", type=int, default=64)
-    args = ap.parse_args()
-    llm = LLM(args.checkpoint, progress=False)
+
+def kind_of(name: str) -> str:
+    low = name.lower()
+    return next((kind for kind, pattern in KINDS if re.search(pattern, low)), "other")
+
+
+def kernel_table(prof: torch.profiler.profile, steps: int) -> list[str]:
+    """GPU time per decode step by kernel kind, from the profiler's CUDA kernel events."""
+    time_us: dict[str, float] = defaultdict(float)
+    calls: dict[str, int] = defaultdict(int)
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            kind = kind_of(event.name)
+            time_us[kind] += event.device_time_total
+            calls[kind] += 1
+    total = sum(time_us.values()) or 1.0
+    lines = ["| kernels | ms per step | share | launches per step |", "|---|---:|---:|---:|"]
+    for kind, us in sorted(time_us.items(), key=lambda kv: -kv[1]):
+        lines.append(
+            f"| {kind} | {us / steps / 1000:.2f} | {100 * us / total:.0f}% | {calls[kind] / steps:.0f} |"
+        )
+    lines.append(f"| all | {total / steps / 1000:.2f} | 100% | {sum(calls.values()) / steps:.0f} |")
+    return lines
+
+
+def profile_batch(llm: LLM, batch: int, prompt_len: int, steps: int) -> None:
     engine = llm.engine
-    params = SamplingParams(max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=False).resolve(
-        {}
-    )
+    params = SamplingParams(
+        max_new_tokens=steps + 8, min_new_tokens=steps + 8, do_sample=False, ignore_eos=True
+    ).resolve({})
+    rng = random.Random(0)
+    prompts = [random_prompt(llm.loaded.config.vocab_size, prompt_len, rng) for _ in range(batch)]
+    for _ in engine.generate_batch([(p, params) for p in prompts]):  # warm up: graphs, kernels
+        pass
+    ids = {engine.add_request(p, params) for p in prompts}
+    started: set[int] = set()
+    while started != ids:  # prefill until every row has its first token
+        started |= {seq_id for seq_id, _ in engine.step()}
+    cuda = torch.cuda.is_available() and llm.loaded.device.type == "cuda"
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if cuda:
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(steps):
+            engine.step()
+        if cuda:
+            torch.cuda.synchronize()
+    wall = (time.perf_counter() - start) / steps
+    while engine.has_unfinished():
+        engine.step()
+    print(f"\n{batch} rows, {prompt_len}-token prompts: {wall * 1000:.2f} ms per decode step (profiled)\n")
+    if cuda:
+        print("\n".join(kernel_table(prof, steps)))
+    else:
+        print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=15))
+
+
+def profile_one(llm: LLM, tokens: int) -> None:
+    engine = llm.engine
+    params = SamplingParams(max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False).resolve({})
     prompt = list(range(1000, 1128))
     for _ in engine.stream(prompt, params):  # warm up: capture graphs, compile kernels
         pass
@@ -41,10 +112,12 @@ def main() -> None:
             graph.replay()
         torch.cuda.synchronize()
         print(f"graph replay, batch 1: {(time.perf_counter() - start) / 50 * 1000:.3f} ms")
-    torch.cuda.synchronize()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     start = time.perf_counter()
     n = sum(len(o.token_ids) for o in engine.stream(prompt, params))
-    torch.cuda.synchronize()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     print(
         f"engine: {(time.perf_counter() - start) / n * 1000:.3f} ms per token ({n} tokens, prefill included)"
     )
@@ -54,6 +127,20 @@ def main() -> None:
         pass
     profile.disable()
     pstats.Stats(profile).sort_stats("tottime").print_stats(25)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("checkpoint")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--prompt-len", type=int, default=128)
+    ap.add_argument("--tokens", type=int, default=64, help="batch 1: tokens per timed run")
+    ap.add_argument("--steps", type=int, default=20, help="decode steps profiled")
+    args = ap.parse_args()
+    llm = LLM(args.checkpoint, progress=False, engine_config=EngineConfig(max_num_seqs=max(args.batch, 1)))
+    profile_batch(llm, args.batch, args.prompt_len, args.steps)
+    if args.batch == 1:
+        profile_one(llm, args.tokens)
 
 
 if __name__ == "__main__":
