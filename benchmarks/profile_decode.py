@@ -3,8 +3,8 @@ step, and the host functions that cost most.
 
     python benchmarks/profile_decode.py CKPT [--batch 1] [--prompt-len 128] [--tokens 64] [--steps 20]
 
-`--batch N` starts N requests of --prompt-len random tokens together and, once all have their first
-token, profiles --steps decode steps of the N rows (torch.profiler, CUDA kernels grouped by kind: AWQ
+`--batch N` starts N requests of --prompt-len random tokens together, profiles the steps that prefill
+them and then --steps decode steps of the N rows (torch.profiler, CUDA kernels grouped by kind: AWQ
 matmuls, cuBLAS, paged attention, the fused norm/RoPE/SwiGLU kernels, sampling, copies). At batch 1 it
 also times one graph replay alone and the engine per token, so host overhead shows up as the
 difference, and prints cProfile's top host functions. CKPT may be `synth:PRESET[:awq]`.
@@ -72,17 +72,23 @@ def profile_batch(llm: LLM, batch: int, prompt_len: int, steps: int) -> None:
     prompts = [random_prompt(llm.loaded.config.vocab_size, prompt_len, rng) for _ in range(batch)]
     for _ in engine.generate_batch([(p, params) for p in prompts]):  # warm up: graphs, kernels
         pass
-    ids = {engine.add_request(p, params) for p in prompts}
-    started: set[int] = set()
-    while started != ids:  # prefill until every row has its first token
-        started |= {seq_id for seq_id, _ in engine.step()}
     cuda = torch.cuda.is_available() and llm.loaded.device.type == "cuda"
     activities = [torch.profiler.ProfilerActivity.CPU]
     if cuda:
         activities.append(torch.profiler.ProfilerActivity.CUDA)
         torch.cuda.synchronize()
+    ids = {engine.add_request(p, params) for p in prompts}
+    started: set[int] = set()
+    prefill_steps, start = 0, time.perf_counter()
+    with torch.profiler.profile(activities=activities) as prefill:
+        while started != ids:  # the steps with prompt tokens, until every row has its first token
+            started |= {seq_id for seq_id, _ in engine.step()}
+            prefill_steps += 1
+        if cuda:
+            torch.cuda.synchronize()
+    prefill_wall = (time.perf_counter() - start) / prefill_steps
     start = time.perf_counter()
-    with torch.profiler.profile(activities=activities) as prof:
+    with torch.profiler.profile(activities=activities) as decode:
         for _ in range(steps):
             engine.step()
         if cuda:
@@ -90,11 +96,17 @@ def profile_batch(llm: LLM, batch: int, prompt_len: int, steps: int) -> None:
     wall = (time.perf_counter() - start) / steps
     while engine.has_unfinished():
         engine.step()
-    print(f"\n{batch} rows, {prompt_len}-token prompts: {wall * 1000:.2f} ms per decode step (profiled)\n")
-    if cuda:
-        print("\n".join(kernel_table(prof, steps)))
-    else:
-        print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=15))
+    for name, prof, n, per_step in (
+        ("prefill", prefill, prefill_steps, prefill_wall),
+        ("decode", decode, steps, wall),
+    ):
+        print(
+            f"\n{batch} rows, {prompt_len}-token prompts: {n} {name} steps, {per_step * 1000:.2f} ms each (profiled)\n"
+        )
+        if cuda:
+            print("\n".join(kernel_table(prof, n)))
+        else:
+            print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=12))
 
 
 def profile_one(llm: LLM, tokens: int) -> None:
