@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.testing
 
-from tameshi.kernels.awq_triton import MatmulConfig, awq_dequantize, awq_matmul, default_config
+from tameshi.kernels.awq_triton import MatmulConfig, awq_dequantize, awq_matmul, default_config, kpack
 from tameshi.loading.awq import AWQConfig
 from tameshi.model.linear import AWQLinear
 
@@ -215,9 +215,11 @@ def bench_shape(name: str, k: int, n: int, copy_gbs: float, autoawq) -> list[str
 
 
 def sweep_shape(name: str, k: int, n: int, rows_to_sweep: list[int], grid: bool = True) -> list[str]:
-    packs = []
+    packs, paired = [], []
     for _ in range(max(2, -(-120 * 2**20 // (k * n // 2)))):  # > 2x L2 in all, as in bench_shape
-        packs.append(make_layer(k, n, *random_awq(k, n)).kernel_weight)
+        checkpoint = random_awq(k, n)
+        packs.append(make_layer(k, n, *checkpoint).kernel_weight)
+        paired.append(kpack(*checkpoint, GROUP, paired=True))
     packed = packs[0]
     weight_bytes = sum(t.numel() * t.element_size() for t in (packed.qweight, packed.zeros, packed.scales))
     rows = []
@@ -225,10 +227,11 @@ def sweep_shape(name: str, k: int, n: int, rows_to_sweep: list[int], grid: bool 
         x = torch.randn(m, k, device="cuda", dtype=torch.float16)
         cfg, ms = sweep(x, packs) if grid else (None, float("inf"))
         default_ms = graph_ms([lambda p=p: awq_matmul(x, p) for p in packs])  # noqa: B023
+        paired_ms = graph_ms([lambda p=p: awq_matmul(x, p) for p in paired])  # noqa: B023
         deq_ms = graph_ms([lambda p=p: x @ awq_dequantize(p, x.dtype) for p in packs])  # noqa: B023
         rows.append(
             f"| {name} | {m} | {cfg} | {ms * 1000:.1f} | {weight_bytes / ms / 1e6:.0f} "
-            f"| {default_ms * 1000:.1f} | {deq_ms * 1000:.1f} |"
+            f"| {default_ms * 1000:.1f} | {paired_ms * 1000:.1f} | {deq_ms * 1000:.1f} |"
         )
         print(rows[-1], flush=True)
     return rows
@@ -261,8 +264,8 @@ def main() -> None:
     ]
     if args.sweep:
         lines = [
-            "| shape | M | best config | µs | GB/s | default µs | deq+mm µs |",
-            "|---|---:|---|---:|---:|---:|---:|",
+            "| shape | M | best config | µs | GB/s | default µs | default µs, paired nibbles | deq+mm µs |",
+            "|---|---:|---|---:|---:|---:|---:|---:|",
         ]
         shapes = SHAPES_7B if args.shapes == "7b" else SHAPES
         for name in shapes if args.sweep_all_shapes else list(shapes)[::3]:  # qkv and down

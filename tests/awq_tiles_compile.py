@@ -1,4 +1,4 @@
-"""Compile AWQLinear's default tiles for an sm_90 GPU, on any machine (Triton's own compiler and
+"""Compile AWQLinear's default tiles (both nibble orders of KPacked) for an sm_90 GPU, on any machine (Triton's own compiler and
 ptxas, no GPU needed): a tile Triton cannot compile is found here, not on the first GPU that runs it.
 
     python tests/awq_tiles_compile.py      (exit status 1 if any fails; run by test_awq_triton.py)
@@ -36,11 +36,12 @@ def signature(kernel, consts: dict, dtype: torch.dtype) -> dict:
 def main() -> int:
     seen, failed = set(), []
     target = GPUTarget("cuda", 90, 32)
-    for (k, n), group, m, dtype in itertools.product(SHAPES, GROUPS, ROWS, (torch.float16, torch.bfloat16)):
+    grid = itertools.product(SHAPES, GROUPS, ROWS, (torch.float16, torch.bfloat16), (False, True))
+    for (k, n), group, m, dtype, paired in grid:
         if k % group:
             continue
         cfg = default_config(m, n, k, group)
-        kernel, consts = kernel_constants(cfg, k, group, dtype)
+        kernel, consts = kernel_constants(cfg, k, group, dtype, paired)
         consts["ASM"] = True  # as on a GPU
         key = (kernel.__name__, tuple(sorted(consts.items())), cfg.num_warps, cfg.num_stages, dtype)
         if key in seen:
@@ -53,7 +54,9 @@ def main() -> int:
             compile(ASTSource(kernel, sig, consts, attrs), target=target,
                     options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})  # fmt: skip
         except Exception as e:  # report every tile that fails, then fail
-            failed.append(f"K={k} N={n} group={group} M={m} {dtype}: {cfg}: {str(e).splitlines()[0]}")
+            failed.append(
+                f"K={k} N={n} group={group} M={m} {dtype} paired={paired}: {cfg}: {str(e).splitlines()[0]}"
+            )
     print(f"{len(seen)} tiles compiled for sm_90, {len(failed)} failed")
     for line in failed:
         print(line)

@@ -7,7 +7,7 @@ shapes; on a GPU the same tests compile them. The 67B shapes run in tests/test_g
 import pytest
 import torch
 
-from tameshi.loading.awq import dequantize_gemm, pack_gemm
+from tameshi.loading.awq import dequantize_gemm, pack_gemm, unpack_gemm
 
 triton = pytest.importorskip("triton")
 from tameshi.kernels.awq_triton import (  # noqa: E402
@@ -32,19 +32,20 @@ def random_awq(k: int, n: int, group: int, seed: int):
     return pack_gemm(q), pack_gemm(z), s
 
 
-def packed_and_reference(k: int, n: int, group: int, seed: int):
+def packed_and_reference(k: int, n: int, group: int, seed: int, paired: bool = False):
     """The kernel layout on DEVICE, and the checkpoint tensors' reference W^T [K, N] (fp32, CPU)."""
     qweight, qzeros, scales = random_awq(k, n, group, seed)
-    packed = kpack(qweight.to(DEVICE), qzeros.to(DEVICE), scales.to(DEVICE), group)
+    packed = kpack(qweight.to(DEVICE), qzeros.to(DEVICE), scales.to(DEVICE), group, paired)
     return packed, dequantize_gemm(qweight, qzeros, scales, group)
 
 
-def test_kernel_layout_round_trips_the_checkpoint():
+@pytest.mark.parametrize("paired", [False, True])
+def test_kernel_layout_round_trips_the_checkpoint(paired):
     qweight, qzeros, scales = random_awq(256, 48, 64, seed=7)
-    assert torch.equal(
-        kdequantize_reference(kpack(qweight, qzeros, scales, 64)),
-        dequantize_gemm(qweight, qzeros, scales, 64),
-    )
+    packed = kpack(qweight, qzeros, scales, 64, paired)
+    assert torch.equal(kdequantize_reference(packed), dequantize_gemm(qweight, qzeros, scales, 64))
+    # code 1 of each word in nibble 1, or (paired) in nibble 4: the high half's lowest
+    assert torch.equal((packed.qweight >> (16 if paired else 4)) & 0xF, unpack_gemm(qweight)[1::8].int())
 
 
 CASES = [  # m, k, n, group, config (None = the default for the shape)
@@ -77,10 +78,11 @@ CASES = [  # m, k, n, group, config (None = the default for the shape)
 ]
 
 
+@pytest.mark.parametrize("paired", [False, True], ids=["nibbles", "paired"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize(("m", "k", "n", "group", "config"), CASES)
-def test_matmul_equals_reference(m, k, n, group, config, dtype):
-    packed, w = packed_and_reference(k, n, group, seed=m + k + n)
+def test_matmul_equals_reference(m, k, n, group, config, dtype, paired):
+    packed, w = packed_and_reference(k, n, group, seed=m + k + n, paired=paired)
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(m)).to(dtype).to(DEVICE)
     y = awq_matmul(x, packed, config)
     assert y.dtype == dtype and y.shape == (m, n)
@@ -137,11 +139,12 @@ def test_split_k_leaves_its_scratch_zero():
         MatmulConfig(64, 128, 128, 2, by_word=True, magic=True),
     ],
 )
-def test_rows_past_m_are_left_alone(config):
+@pytest.mark.parametrize("paired", [False, True], ids=["nibbles", "paired"])
+def test_rows_past_m_are_left_alone(config, paired):
     """A tile's rows past M are masked: nothing is written there, in y or in the workspace. Those rows
     hold a subnormal float, which even a stray atomic add of 0.0 flushes to zero."""
     m, k, n = 3, 256, 64
-    packed, w = packed_and_reference(k, n, 128, seed=11)
+    packed, w = packed_and_reference(k, n, 128, seed=11, paired=paired)
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(11)).half().to(DEVICE)
     tiny = 1e-40
     y = torch.full((config.block_m, n), tiny, dtype=torch.float32, device=DEVICE)
@@ -156,9 +159,10 @@ def test_rows_past_m_are_left_alone(config):
     assert not counts.any()
 
 
+@pytest.mark.parametrize("paired", [False, True], ids=["nibbles", "paired"])
 @pytest.mark.parametrize("group", [32, 128])
-def test_dequantize_equals_reference(group):
-    packed, ref = packed_and_reference(256, 192, group, seed=group)
+def test_dequantize_equals_reference(group, paired):
+    packed, ref = packed_and_reference(256, 192, group, seed=group, paired=paired)
     w = awq_dequantize(packed, torch.float16)
     assert torch.equal(w.cpu(), ref.half())  # one rounding of the same fp32 value
 

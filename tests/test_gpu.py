@@ -149,12 +149,13 @@ def gate_up_67b():
         -(2**31), 2**31 - 1, (k // group, n // 8), dtype=torch.int32, device="cuda", generator=gen
     )
     scales = (torch.rand(k // group, n, device="cuda", generator=gen) * 0.01 + 0.001).half()
-    yield kpack(qweight, qzeros, scales, group), dequantize_gemm(qweight, qzeros, scales, group)
+    packs = {paired: kpack(qweight, qzeros, scales, group, paired) for paired in (False, True)}
+    yield packs, dequantize_gemm(qweight, qzeros, scales, group)
     torch.cuda.empty_cache()
 
 
 @pytest.mark.parametrize(
-    "variant", ["default", "fixup", "magic", "by_word", "pairs", "scaled", "whole_split"]
+    "variant", ["default", "fixup", "magic", "by_word", "pairs", "scaled", "whole_split", "paired"]
 )
 @pytest.mark.parametrize("m", [1, 4, 16, 64])
 def test_awq_kernel_variants_at_the_gate_up_shape(gate_up_67b, m, variant):
@@ -164,14 +165,15 @@ def test_awq_kernel_variants_at_the_gate_up_shape(gate_up_67b, m, variant):
 
     from tameshi.kernels.awq_triton import awq_matmul, default_config
 
-    packed, w = gate_up_67b
+    packs, w = gate_up_67b
+    packed = packs[variant == "paired"]  # the paired nibble order (KPacked.paired), default tiles
     cfg = default_config(m, 44032, 8192, 128)
     one_row_only, tile_only = {"whole_split"}, {"by_word", "pairs", "scaled"}
     if variant in (tile_only if cfg.block_m == 1 else one_row_only):
         pytest.skip(f"{variant} is not a switch of the {'one-row' if cfg.block_m == 1 else 'tile'} kernel")
     if variant == "scaled":
         cfg = dataclasses.replace(cfg, pairs=True, scaled=not cfg.scaled)
-    elif variant != "default":
+    elif variant not in ("default", "paired"):
         cfg = dataclasses.replace(cfg, **{variant: not getattr(cfg, variant)})
     x = torch.randn(m, 8192, device="cuda", generator=torch.Generator(device="cuda").manual_seed(m)).half()
     ref = x.float() @ w

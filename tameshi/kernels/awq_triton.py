@@ -1,7 +1,9 @@
 """AWQ 4-bit matmuls in Triton, on a layout repacked once at load.
 
 Kernel layout (`KPacked`): codes packed along K, `qweight [K/8, N]` int32 with the code of row
-8r + j in bits 4j of word (r, n); `zeros` and `scales [K/group, N]` fp16. A program reading a
+8r + j in bits 4j of word (r, n) (or, `paired`, in bits 4 (j // 2 + 4 (j % 2)): codes 2i and 2i + 1
+in the word's two halves, where one shift and mask take them out as a K-adjacent pair); `zeros` and
+`scales [K/group, N]` fp16. A program reading a
 [BLOCK_K, BLOCK_N] tile then loads whole rows of N (coalesced), each word once per 8 rows of K
 (the repeats are served by L1), and unpacks with one shift per row: no reshapes or shuffles, which
 made a kernel on AutoAWQ's own interleaved [K, N/8] layout run at 12% of the memory bandwidth.
@@ -37,26 +39,36 @@ class KPacked:
     zeros: torch.Tensor  # [K/group, N] fp16 (whole numbers 0..15)
     scales: torch.Tensor  # [K/group, N] fp16
     group: int
+    # nibble order in a word: code j in nibble j, or (paired) in nibble j // 2 + 4 (j % 2), so that
+    # codes 2i and 2i + 1 sit in the low and high halves and one shift and mask give a K-adjacent pair
+    paired: bool = False
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.qweight.shape[0] * 8, self.qweight.shape[1]
 
 
-def kpack(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group: int) -> KPacked:
+def nibbles(paired: bool) -> list[int]:
+    """The nibble of a word that holds code j, for j = 0..7 (KPacked.paired)."""
+    return [j // 2 + 4 * (j % 2) if paired else j for j in range(8)]
+
+
+def kpack(
+    qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group: int, paired: bool = False
+) -> KPacked:
     """AutoAWQ GEMM tensors ([K, N/8] interleaved nibbles) -> the kernel layout, on their device."""
     codes = unpack_gemm(qweight).to(torch.int32)  # [K, N] in natural order
     k, n = codes.shape
     words = torch.zeros(k // 8, n, dtype=torch.int32, device=codes.device)
-    for j in range(8):
-        words |= codes[j::8] << (4 * j)  # int32 wraps for j = 7, as the kernel's shift expects
+    for j, nibble in enumerate(nibbles(paired)):
+        words |= codes[j::8] << (4 * nibble)  # int32 wraps for nibble 7, as the kernel's shift expects
     zeros = unpack_gemm(qzeros).to(torch.float16)
-    return KPacked(words, zeros, scales.to(torch.float16).contiguous(), group)
+    return KPacked(words, zeros, scales.to(torch.float16).contiguous(), group, paired)
 
 
 def kunpack(packed: KPacked) -> torch.Tensor:
     """The codes [K, N] back from the kernel layout (for the reference and the tests)."""
-    shifts = torch.arange(8, device=packed.qweight.device, dtype=torch.int32) * 4
+    shifts = torch.tensor(nibbles(packed.paired), device=packed.qweight.device, dtype=torch.int32) * 4
     codes = (packed.qweight[:, None, :] >> shifts[None, :, None]) & 0xF  # [K/8, 8, N]
     return codes.reshape(-1, packed.qweight.shape[1])
 
@@ -66,6 +78,15 @@ def kdequantize_reference(packed: KPacked) -> torch.Tensor:
     g = packed.group
     q = kunpack(packed).float()
     return (q - packed.zeros.float().repeat_interleave(g, 0)) * packed.scales.float().repeat_interleave(g, 0)
+
+
+@triton.jit
+def _nibble(j, PAIRED: tl.constexpr):
+    """The nibble of a word that holds code j (nibbles(), in a kernel)."""
+    if PAIRED:
+        return j // 2 + 4 * (j % 2)
+    else:
+        return j
 
 
 @triton.jit
@@ -128,7 +149,7 @@ def _awq_matmul_kernel(
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, BLOCKS_PER_SPLIT: tl.constexpr, USE_DOT: tl.constexpr, DOT_FP32: tl.constexpr,
     BY_WORD: tl.constexpr, MAGIC: tl.constexpr, FIXUP: tl.constexpr, PAIRS: tl.constexpr, SCALED: tl.constexpr,
-    ASM: tl.constexpr,
+    ASM: tl.constexpr, PAIRED: tl.constexpr,
 ):  # fmt: skip
     # BLOCKS_PER_SPLIT is a compile-time constant: a loop over a run-time bound trips Triton's
     # interpreter under numpy >= 2.4, and a known trip count pipelines as well.
@@ -140,7 +161,7 @@ def _awq_matmul_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     mask_m = offs_m < M
     mask_n = offs_n < N
-    shifts = (offs_k % 8) * 4
+    shifts = _nibble(offs_k % 8, PAIRED) * 4
     w_ptrs = w_ptr + (offs_k // 8)[:, None] * N + offs_n[None, :]
     x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :]
 
@@ -150,8 +171,10 @@ def _awq_matmul_kernel(
         if PAIRS:
             # Each word loaded once ([BLOCK_N, R]: n, then word row r) and turned into fp16 codes two at
             # a time (exponent bits, as in _code_pairs: one shift and one bit operation per two codes).
-            # Joins keep them in registers as [BLOCK_N, R, 2, 2, 2] with code jj + 4h of word r at
-            # [n, r, jj // 2, jj % 2, h]; moving h ahead of jj makes that [n, 8r + 4h + jj], K in order.
+            # Joins keep them in registers as [BLOCK_N, R, 2, 2, 2], the pair of nibbles jj and jj + 4
+            # of word r at [n, r, jj // 2, jj % 2, :]. Paired words hold codes 2jj and 2jj + 1 there:
+            # [n, 8r + 2jj + h], K in order. Otherwise codes jj and jj + 4: moving the last axis ahead
+            # of the two before makes that [n, 8r + 4h + jj], K in order (a permute costs byte moves).
             offs_r = tl.arange(0, BLOCK_K // 8)
             words = tl.load(
                 w_ptr + (k0 // 8 + offs_r)[None, :] * N + offs_n[:, None], mask=mask_n[:, None], other=0
@@ -167,7 +190,10 @@ def _awq_matmul_kernel(
                 lo, hi = _scaled_halves(pairs, z16[:, None, None, None], s16[:, None, None, None], ASM)
             else:
                 lo, hi = _halves(pairs, ASM)
-            codes_t = tl.reshape(tl.permute(tl.join(lo, hi), (0, 1, 4, 2, 3)), (BLOCK_N, BLOCK_K))
+            codes = tl.join(lo, hi)
+            if not PAIRED:
+                codes = tl.permute(codes, (0, 1, 4, 2, 3))
+            codes_t = tl.reshape(codes, (BLOCK_N, BLOCK_K))
             if SCALED:
                 acc = tl.dot(x, tl.trans(codes_t), acc)
             else:
@@ -180,7 +206,7 @@ def _awq_matmul_kernel(
             words = tl.load(
                 w_ptr + (k0 // 8 + offs_r)[:, None] * N + offs_n[None, :], mask=mask_n[None, :], other=0
             )
-            nibbles = (words[:, None, :] >> (tl.arange(0, 8) * 4)[None, :, None]) & 0xF
+            nibbles = (words[:, None, :] >> (_nibble(tl.arange(0, 8), PAIRED) * 4)[None, :, None]) & 0xF
             codes = tl.reshape(nibbles, (BLOCK_K, BLOCK_N))
             x = tl.load(x_ptrs + k0, mask=mask_m[:, None], other=0.0)
             xq = _partial_product(x, codes, USE_DOT, DOT_FP32, MAGIC)
@@ -209,7 +235,7 @@ def _awq_matmul_kernel(
 
 @triton.jit
 def _pair_bits(words, jj: tl.constexpr):
-    """Codes jj and jj + 4 of each word under the fp16 exponent of 1024, one in each half."""
+    """Nibbles jj and jj + 4 of each word under the fp16 exponent of 1024, one in each half."""
     return ((words >> (4 * jj)) & 0x000F000F) | 0x64006400
 
 
@@ -248,8 +274,17 @@ def _scaled_halves(pair, zero, scale, ASM: tl.constexpr):
 
 
 @triton.jit
+def _pair_codes(jj: tl.constexpr, PAIRED: tl.constexpr):
+    """Which codes of a word nibbles jj and jj + 4 hold: jj and jj + 4, or in paired words 2jj and 2jj + 1."""
+    if PAIRED:
+        return 2 * jj, 2 * jj + 1
+    else:
+        return jj, jj + 4
+
+
+@triton.jit
 def _code_pairs(words, jj: tl.constexpr, ASM: tl.constexpr):
-    """Codes jj and jj + 4 (jj in 0..3) of each word as fp32 numbers 1024 + c, by exponent bits.
+    """Nibbles jj and jj + 4 (jj in 0..3) of each word as fp32 numbers 1024 + c, by exponent bits.
 
     One shift and one bit operation put both nibbles under the fp16 exponent of 1024 (0x6400 in each
     half of the word: each half is then the fp16 number 1024 + c exactly); the halves become fp32 on
@@ -263,7 +298,7 @@ def _code_pairs(words, jj: tl.constexpr, ASM: tl.constexpr):
 
 @triton.jit
 def _gemv_block(acc, x_row, w_ptr, z_ptr, s_ptr, k0, offs_r, offs_n, mask_n, N, GROUP: tl.constexpr,
-                MAGIC: tl.constexpr, ASM: tl.constexpr):  # fmt: skip
+                MAGIC: tl.constexpr, ASM: tl.constexpr, PAIRED: tl.constexpr):  # fmt: skip
     """_awq_gemv_kernel's work on one block of K starting at k0: acc [R, BLOCK_N] += its products."""
     words = tl.load(w_ptr + (k0 // 8 + offs_r)[:, None] * N + offs_n[None, :], mask=mask_n[None, :], other=0)
     xq = tl.zeros(acc.shape, dtype=tl.float32)
@@ -271,8 +306,9 @@ def _gemv_block(acc, x_row, w_ptr, z_ptr, s_ptr, k0, offs_r, offs_n, mask_n, N, 
     x_at = x_row + k0 + offs_r * 8
     if MAGIC:
         for jj in tl.static_range(4):
-            x_lo = tl.load(x_at + jj).to(tl.float32)
-            x_hi = tl.load(x_at + jj + 4).to(tl.float32)
+            j_lo, j_hi = _pair_codes(jj, PAIRED)
+            x_lo = tl.load(x_at + j_lo).to(tl.float32)
+            x_hi = tl.load(x_at + j_hi).to(tl.float32)
             lo, hi = _code_pairs(words, jj, ASM)
             xq += x_lo[:, None] * lo  # two statements: two fused multiply-adds
             xq += x_hi[:, None] * hi
@@ -280,7 +316,7 @@ def _gemv_block(acc, x_row, w_ptr, z_ptr, s_ptr, k0, offs_r, offs_n, mask_n, N, 
     else:
         for j in tl.static_range(8):
             x = tl.load(x_at + j).to(tl.float32)
-            xq += x[:, None] * ((words >> (4 * j)) & 0xF).to(tl.float32)
+            xq += x[:, None] * ((words >> (4 * _nibble(j, PAIRED))) & 0xF).to(tl.float32)
             x_sum += x
     g = k0 // GROUP
     z = tl.load(z_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
@@ -295,7 +331,7 @@ def _awq_gemv_kernel(
     x_ptr, w_ptr, z_ptr, s_ptr, y_ptr, ws_ptr, count_ptr, N, stride_xm, stride_ym,
     GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
     BLOCKS_PER_SPLIT: tl.constexpr, MAGIC: tl.constexpr, ASM: tl.constexpr, FIXUP: tl.constexpr,
-    WHOLE: tl.constexpr,
+    WHOLE: tl.constexpr, PAIRED: tl.constexpr,
 ):  # fmt: skip
     """One activation row (decode): each packed word loaded once, its 8 codes multiplied on CUDA cores
     into a [BLOCK_K/8, BLOCK_N] accumulator that is reduced over K only once, at the end (a reduction
@@ -321,8 +357,9 @@ def _awq_gemv_kernel(
         x_sum = tl.zeros((BLOCKS_PER_SPLIT, R), dtype=tl.float32)
         x_at = x_row + (kb * BLOCK_K)[:, None] + offs_r[None, :] * 8
         for jj in tl.static_range(4):
-            x_lo = tl.load(x_at + jj).to(tl.float32)
-            x_hi = tl.load(x_at + jj + 4).to(tl.float32)
+            j_lo, j_hi = _pair_codes(jj, PAIRED)
+            x_lo = tl.load(x_at + j_lo).to(tl.float32)
+            x_hi = tl.load(x_at + j_hi).to(tl.float32)
             lo, hi = _code_pairs(words, jj, ASM)
             xq += x_lo[:, :, None] * lo
             xq += x_hi[:, :, None] * hi
@@ -337,7 +374,7 @@ def _awq_gemv_kernel(
         for i in range(BLOCKS_PER_SPLIT):
             k0 = (pid_k * BLOCKS_PER_SPLIT + i) * BLOCK_K
             acc = _gemv_block(
-                acc, x_row, w_ptr, z_ptr, s_ptr, k0, offs_r, offs_n, mask_n, N, GROUP, MAGIC, ASM
+                acc, x_row, w_ptr, z_ptr, s_ptr, k0, offs_r, offs_n, mask_n, N, GROUP, MAGIC, ASM, PAIRED
             )
         out = tl.sum(acc, axis=0)
     count = count_ptr + row * tl.num_programs(0) + pid_n
@@ -348,7 +385,15 @@ def _awq_gemv_kernel(
 
 @triton.jit
 def _awq_dequantize_kernel(
-    w_ptr, z_ptr, s_ptr, out_ptr, N, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr
+    w_ptr,
+    z_ptr,
+    s_ptr,
+    out_ptr,
+    N,
+    GROUP: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PAIRED: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -356,7 +401,7 @@ def _awq_dequantize_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n[None, :] < N
     packed = tl.load(w_ptr + (offs_k // 8)[:, None] * N + offs_n[None, :], mask=mask_n, other=0)
-    codes = ((packed >> ((offs_k % 8) * 4)[:, None]) & 0xF).to(tl.float32)
+    codes = ((packed >> (_nibble(offs_k % 8, PAIRED) * 4)[:, None]) & 0xF).to(tl.float32)
     g = (offs_k // GROUP)[:, None] * N + offs_n[None, :]
     z = tl.load(z_ptr + g, mask=mask_n, other=0.0).to(tl.float32)
     s = tl.load(s_ptr + g, mask=mask_n, other=0.0).to(tl.float32)
@@ -482,7 +527,7 @@ def launch(
     m, k = x.shape
     n = packed.shape[1]
     grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, cfg.block_m), cfg.split_k)
-    kernel, consts = kernel_constants(cfg, k, packed.group, x.dtype)
+    kernel, consts = kernel_constants(cfg, k, packed.group, x.dtype, packed.paired)
     sizes = (n,) if kernel is _awq_gemv_kernel else (m, n)
     kernel[grid](
         x, packed.qweight, packed.zeros, packed.scales, y, ws, counts, *sizes, x.stride(0), y.stride(0),
@@ -490,7 +535,9 @@ def launch(
     )  # fmt: skip
 
 
-def kernel_constants(cfg: MatmulConfig, k: int, group: int, dtype: torch.dtype) -> tuple:
+def kernel_constants(
+    cfg: MatmulConfig, k: int, group: int, dtype: torch.dtype, paired: bool = False
+) -> tuple:
     """The kernel that runs `cfg` and its compile-time constants (also for compiling it ahead, in tests)."""
     fixup = cfg.split_k > 1 and cfg.fixup
     blocks = k // cfg.block_k // cfg.split_k  # per program
@@ -500,6 +547,7 @@ def kernel_constants(cfg: MatmulConfig, k: int, group: int, dtype: torch.dtype) 
             GROUP=group, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k,
             BLOCKS_PER_SPLIT=blocks, MAGIC=cfg.magic, ASM=asm, FIXUP=fixup,
             WHOLE=cfg.whole_split and cfg.magic and blocks & (blocks - 1) == 0,  # tl.arange needs a power of two
+            PAIRED=paired,
         )  # fmt: skip
     fp16 = dtype == torch.float16
     return _awq_matmul_kernel, dict(
@@ -507,7 +555,7 @@ def kernel_constants(cfg: MatmulConfig, k: int, group: int, dtype: torch.dtype) 
         SPLIT_K=cfg.split_k, BLOCKS_PER_SPLIT=blocks, USE_DOT=cfg.block_m > 1,
         DOT_FP32=dtype == torch.bfloat16 and _interpreted(), BY_WORD=cfg.by_word,
         MAGIC=cfg.magic and cfg.block_m > 1 and fp16, FIXUP=fixup,
-        PAIRS=cfg.pairs and cfg.block_m > 1 and fp16, SCALED=cfg.scaled, ASM=asm,
+        PAIRS=cfg.pairs and cfg.block_m > 1 and fp16, SCALED=cfg.scaled, ASM=asm, PAIRED=paired,
     )  # fmt: skip
 
 
@@ -536,6 +584,14 @@ def awq_dequantize(packed: KPacked, dtype: torch.dtype) -> torch.Tensor:
     out = torch.empty(k, n, dtype=dtype, device=packed.qweight.device)
     grid = (triton.cdiv(n, 128), k // block_k)
     _awq_dequantize_kernel[grid](
-        packed.qweight, packed.zeros, packed.scales, out, n, GROUP=packed.group, BLOCK_N=128, BLOCK_K=block_k
+        packed.qweight,
+        packed.zeros,
+        packed.scales,
+        out,
+        n,
+        GROUP=packed.group,
+        BLOCK_N=128,
+        BLOCK_K=block_k,
+        PAIRED=packed.paired,
     )
     return out
