@@ -229,9 +229,10 @@ def sweep_shape(name: str, k: int, n: int, rows_to_sweep: list[int], grid: bool 
         default_ms = graph_ms([lambda p=p: awq_matmul(x, p) for p in packs])  # noqa: B023
         paired_ms = graph_ms([lambda p=p: awq_matmul(x, p) for p in paired])  # noqa: B023
         deq_ms = graph_ms([lambda p=p: x @ awq_dequantize(p, x.dtype) for p in packs])  # noqa: B023
+        word_ms = graph_ms([lambda p=p: x @ awq_dequantize(p, x.dtype, by_word=True) for p in packs])  # noqa: B023
         rows.append(
             f"| {name} | {m} | {cfg} | {ms * 1000:.1f} | {weight_bytes / ms / 1e6:.0f} "
-            f"| {default_ms * 1000:.1f} | {paired_ms * 1000:.1f} | {deq_ms * 1000:.1f} |"
+            f"| {default_ms * 1000:.1f} | {paired_ms * 1000:.1f} | {deq_ms * 1000:.1f} | {word_ms * 1000:.1f} |"
         )
         print(rows[-1], flush=True)
     return rows
@@ -264,8 +265,9 @@ def main() -> None:
     ]
     if args.sweep:
         lines = [
-            "| shape | M | best config | µs | GB/s | default µs | default µs, paired nibbles | deq+mm µs |",
-            "|---|---:|---|---:|---:|---:|---:|---:|",
+            "| shape | M | best config | µs | GB/s | default µs | default µs, paired nibbles | deq+mm µs "
+            "| deq by word + mm µs |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|",
         ]
         shapes = SHAPES_7B if args.shapes == "7b" else SHAPES
         for name in shapes if args.sweep_all_shapes else list(shapes)[::3]:  # qkv and down

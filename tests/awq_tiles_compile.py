@@ -15,7 +15,12 @@ import torch
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, compile
 
-from tameshi.kernels.awq_triton import _awq_gemv_kernel, default_config, kernel_constants
+from tameshi.kernels.awq_triton import (
+    _awq_dequantize_kernel,
+    _awq_gemv_kernel,
+    default_config,
+    kernel_constants,
+)
 
 # (K, N): DeepSeek-LLM 67B and 7B linears, a small model's, and a tensor-parallel rank's of a tiny one
 SHAPES = [(8192, 10240), (8192, 8192), (8192, 44032), (22016, 8192), (4096, 12288), (4096, 4096),
@@ -56,6 +61,21 @@ def main() -> int:
         except Exception as e:  # report every tile that fails, then fail
             failed.append(
                 f"K={k} N={n} group={group} M={m} {dtype} paired={paired}: {cfg}: {str(e).splitlines()[0]}"
+            )
+    for group, paired, by_word in itertools.product(GROUPS, (False, True), (False, True)):  # dequantize
+        block_k = next(b for b in (64, 32, 16, 8) if group % b == 0) if by_word else min(group, 32)
+        consts = {"GROUP": group, "BLOCK_N": 128, "BLOCK_K": block_k, "PAIRED": paired, "BY_WORD": by_word}
+        sig = {"w_ptr": "*i32", "z_ptr": "*fp16", "s_ptr": "*fp16", "out_ptr": "*fp16", "N": "i32"}
+        sig |= {name: "constexpr" for name in consts}
+        attrs = {(i,): [["tt.divisibility", 16]] for i in range(5)}
+        seen.add(("dequantize", group, paired, by_word))
+        try:
+            compile(
+                ASTSource(_awq_dequantize_kernel, sig, consts, attrs), target=target, options={"num_warps": 4}
+            )
+        except Exception as e:  # report every kernel that fails, then fail
+            failed.append(
+                f"dequantize group={group} paired={paired} by_word={by_word}: {str(e).splitlines()[0]}"
             )
     print(f"{len(seen)} tiles compiled for sm_90, {len(failed)} failed")
     for line in failed:

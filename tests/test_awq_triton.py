@@ -159,11 +159,13 @@ def test_rows_past_m_are_left_alone(config, paired):
     assert not counts.any()
 
 
+@pytest.mark.parametrize("by_word", [False, True], ids=["rows", "by_word"])
 @pytest.mark.parametrize("paired", [False, True], ids=["nibbles", "paired"])
-@pytest.mark.parametrize("group", [32, 128])
-def test_dequantize_equals_reference(group, paired):
-    packed, ref = packed_and_reference(256, 192, group, seed=group, paired=paired)
-    w = awq_dequantize(packed, torch.float16)
+@pytest.mark.parametrize("group", [32, 128, 40])  # 40: a group of whole words that 16 does not divide
+def test_dequantize_equals_reference(group, paired, by_word):
+    k = 320 if group == 40 else 256
+    packed, ref = packed_and_reference(k, 192, group, seed=group, paired=paired)
+    w = awq_dequantize(packed, torch.float16, by_word=by_word)
     assert torch.equal(w.cpu(), ref.half())  # one rounding of the same fp32 value
 
 

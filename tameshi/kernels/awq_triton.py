@@ -394,17 +394,30 @@ def _awq_dequantize_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     PAIRED: tl.constexpr,
+    BY_WORD: tl.constexpr,
 ):
+    """W^T rows [pid_k BLOCK_K, +BLOCK_K) (inside one group), columns [pid_n BLOCK_N, +BLOCK_N). BY_WORD:
+    each word loaded once and spread over its 8 rows, zero and scale once per column (else each row
+    loads its word, and each element its zero and scale: repeats served by L1)."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n[None, :] < N
-    packed = tl.load(w_ptr + (offs_k // 8)[:, None] * N + offs_n[None, :], mask=mask_n, other=0)
-    codes = ((packed >> (_nibble(offs_k % 8, PAIRED) * 4)[:, None]) & 0xF).to(tl.float32)
-    g = (offs_k // GROUP)[:, None] * N + offs_n[None, :]
-    z = tl.load(z_ptr + g, mask=mask_n, other=0.0).to(tl.float32)
-    s = tl.load(s_ptr + g, mask=mask_n, other=0.0).to(tl.float32)
+    if BY_WORD:
+        offs_r = pid_k * (BLOCK_K // 8) + tl.arange(0, BLOCK_K // 8)
+        words = tl.load(w_ptr + offs_r[:, None] * N + offs_n[None, :], mask=mask_n, other=0)
+        nibbles = (words[:, None, :] >> (_nibble(tl.arange(0, 8), PAIRED) * 4)[None, :, None]) & 0xF
+        codes = tl.reshape(nibbles, (BLOCK_K, BLOCK_N)).to(tl.float32)  # row 8r + j: code j of word r
+        g = pid_k * BLOCK_K // GROUP * N + offs_n
+        z = tl.load(z_ptr + g, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+        s = tl.load(s_ptr + g, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+    else:
+        packed = tl.load(w_ptr + (offs_k // 8)[:, None] * N + offs_n[None, :], mask=mask_n, other=0)
+        codes = ((packed >> (_nibble(offs_k % 8, PAIRED) * 4)[:, None]) & 0xF).to(tl.float32)
+        g = (offs_k // GROUP)[:, None] * N + offs_n[None, :]
+        z = tl.load(z_ptr + g, mask=mask_n, other=0.0).to(tl.float32)
+        s = tl.load(s_ptr + g, mask=mask_n, other=0.0).to(tl.float32)
     out = (codes - z) * s
     tl.store(out_ptr + offs_k[:, None] * N + offs_n[None, :], out.to(out_ptr.dtype.element_ty), mask=mask_n)
 
@@ -577,21 +590,16 @@ def split_k_scratch(device: torch.device, values: int, tiles: int) -> tuple[torc
     return ws, counts
 
 
-def awq_dequantize(packed: KPacked, dtype: torch.dtype) -> torch.Tensor:
-    """W^T [K, N] in `dtype`: (q - z) * s computed in fp32, rounded once."""
+def awq_dequantize(packed: KPacked, dtype: torch.dtype, by_word: bool = False) -> torch.Tensor:
+    """W^T [K, N] in `dtype`: (q - z) * s computed in fp32, rounded once. `by_word`: each packed word
+    loaded once (_awq_dequantize_kernel)."""
     k, n = packed.shape
-    block_k = min(packed.group, 32)
+    # by word: rows of one group, whole words; else any 32 rows (each row finds its own group)
+    block_k = next(b for b in (64, 32, 16, 8) if packed.group % b == 0) if by_word else min(packed.group, 32)
     out = torch.empty(k, n, dtype=dtype, device=packed.qweight.device)
     grid = (triton.cdiv(n, 128), k // block_k)
     _awq_dequantize_kernel[grid](
-        packed.qweight,
-        packed.zeros,
-        packed.scales,
-        out,
-        n,
-        GROUP=packed.group,
-        BLOCK_N=128,
-        BLOCK_K=block_k,
-        PAIRED=packed.paired,
-    )
+        packed.qweight, packed.zeros, packed.scales, out, n,
+        GROUP=packed.group, BLOCK_N=128, BLOCK_K=block_k, PAIRED=packed.paired, BY_WORD=by_word,
+    )  # fmt: skip
     return out
