@@ -297,23 +297,33 @@ def _code_pairs(words, jj: tl.constexpr, ASM: tl.constexpr):
 
 
 @triton.jit
+def _pair_products(words, x_at, ASM: tl.constexpr, PAIRED: tl.constexpr):
+    """Each word's x · (1024 + code) over its 8 codes, two at a time (_code_pairs), and Σ x: words
+    [..., N] against x at `x_at` [...] (the pointers to each word's first x) -> ([..., N], [...])."""
+    xq = tl.zeros(words.shape, dtype=tl.float32)
+    x_sum = tl.zeros(x_at.shape, dtype=tl.float32)
+    for jj in tl.static_range(4):
+        j_lo, j_hi = _pair_codes(jj, PAIRED)
+        x_lo = tl.load(x_at + j_lo).to(tl.float32)
+        x_hi = tl.load(x_at + j_hi).to(tl.float32)
+        lo, hi = _code_pairs(words, jj, ASM)
+        xq += tl.expand_dims(x_lo, len(x_at.shape)) * lo  # two statements: two fused multiply-adds
+        xq += tl.expand_dims(x_hi, len(x_at.shape)) * hi
+        x_sum += x_lo + x_hi
+    return xq, x_sum
+
+
+@triton.jit
 def _gemv_block(acc, x_row, w_ptr, z_ptr, s_ptr, k0, offs_r, offs_n, mask_n, N, GROUP: tl.constexpr,
                 MAGIC: tl.constexpr, ASM: tl.constexpr, PAIRED: tl.constexpr):  # fmt: skip
     """_awq_gemv_kernel's work on one block of K starting at k0: acc [R, BLOCK_N] += its products."""
     words = tl.load(w_ptr + (k0 // 8 + offs_r)[:, None] * N + offs_n[None, :], mask=mask_n[None, :], other=0)
-    xq = tl.zeros(acc.shape, dtype=tl.float32)
-    x_sum = tl.zeros((acc.shape[0],), dtype=tl.float32)
     x_at = x_row + k0 + offs_r * 8
     if MAGIC:
-        for jj in tl.static_range(4):
-            j_lo, j_hi = _pair_codes(jj, PAIRED)
-            x_lo = tl.load(x_at + j_lo).to(tl.float32)
-            x_hi = tl.load(x_at + j_hi).to(tl.float32)
-            lo, hi = _code_pairs(words, jj, ASM)
-            xq += x_lo[:, None] * lo  # two statements: two fused multiply-adds
-            xq += x_hi[:, None] * hi
-            x_sum += x_lo + x_hi
+        xq, x_sum = _pair_products(words, x_at, ASM, PAIRED)
     else:
+        xq = tl.zeros(acc.shape, dtype=tl.float32)
+        x_sum = tl.zeros((acc.shape[0],), dtype=tl.float32)
         for j in tl.static_range(8):
             x = tl.load(x_at + j).to(tl.float32)
             xq += x[:, None] * ((words >> (4 * _nibble(j, PAIRED))) & 0xF).to(tl.float32)
@@ -353,17 +363,8 @@ def _awq_gemv_kernel(
             w_ptr + ((kb * R)[:, None, None] + offs_r[None, :, None]) * N + offs_n[None, None, :],
             mask=mask_n[None, None, :], other=0,
         )  # fmt: skip
-        xq = tl.zeros((BLOCKS_PER_SPLIT, R, BLOCK_N), dtype=tl.float32)
-        x_sum = tl.zeros((BLOCKS_PER_SPLIT, R), dtype=tl.float32)
         x_at = x_row + (kb * BLOCK_K)[:, None] + offs_r[None, :] * 8
-        for jj in tl.static_range(4):
-            j_lo, j_hi = _pair_codes(jj, PAIRED)
-            x_lo = tl.load(x_at + j_lo).to(tl.float32)
-            x_hi = tl.load(x_at + j_hi).to(tl.float32)
-            lo, hi = _code_pairs(words, jj, ASM)
-            xq += x_lo[:, :, None] * lo
-            xq += x_hi[:, :, None] * hi
-            x_sum += x_lo + x_hi
+        xq, x_sum = _pair_products(words, x_at, ASM, PAIRED)
         g = (kb * BLOCK_K // GROUP)[:, None] * N + offs_n[None, :]
         z = tl.load(z_ptr + g, mask=mask_n[None, :], other=0.0).to(tl.float32) + 1024.0
         sc = tl.load(s_ptr + g, mask=mask_n[None, :], other=0.0).to(tl.float32)
@@ -515,13 +516,13 @@ def awq_matmul(
         raise ValueError(f"block_k {cfg.block_k} must divide the group {packed.group}; block_k·split_k K {k}")
     x = x.contiguous()
     out_dtype = out_dtype or x.dtype
-    grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, cfg.block_m), cfg.split_k)
     fixup = cfg.split_k > 1 and cfg.fixup
     if cfg.split_k == 1 or fixup:
         y = torch.empty(m, n, dtype=out_dtype, device=x.device)
     else:
         y = torch.zeros(m, n, dtype=torch.float32, device=x.device)
-    ws, counts = split_k_scratch(x.device, m * n, grid[0] * grid[1]) if fixup else (y, y)
+    tiles = triton.cdiv(n, cfg.block_n) * triton.cdiv(m, cfg.block_m)
+    ws, counts = split_k_scratch(x.device, m * n, tiles) if fixup else (y, y)
     launch(x, packed, cfg, y, ws, counts)
     return y.to(out_dtype)
 

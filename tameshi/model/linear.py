@@ -175,7 +175,7 @@ class AWQLinear(_ShardedLinear):
         if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
             return self._forward_triton(x)
         w_t = self.dense_weight().t().to(x.dtype)
-        y = x @ w_t if self.out_dtype in (None, x.dtype) else matmul_to(x, w_t, self.out_dtype)
+        y = matmul_to(x, w_t, self.out_dtype or x.dtype)
         return y if self.bias is None else y + self.bias
 
     def repack_for_kernels(self) -> None:
