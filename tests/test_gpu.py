@@ -253,6 +253,11 @@ def test_paged_decode_kernel_at_real_shapes():
     tables = torch.randperm(n_blocks, device="cuda", generator=gen).int().view(len(lens), width)
     q = torch.randn(len(lens), 64, 128, device="cuda", generator=gen).half()
     ctx = torch.tensor(lens, dtype=torch.int32, device="cuda")
-    got = paged_decode_attention(q, k, v, tables, ctx, block_size).float()
+    got = paged_decode_attention(q, k, v, tables, ctx, block_size)
     want = paged_decode_reference(q.float(), k.float(), v.float(), tables, ctx, block_size)
-    torch.testing.assert_close(got, want, atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(got.float(), want, atol=2e-3, rtol=2e-3)
+    for i in range(len(lens)):  # the same bits alone as in the batch
+        assert torch.equal(
+            paged_decode_attention(q[i : i + 1], k, v, tables[i : i + 1], ctx[i : i + 1], block_size)[0],
+            got[i],
+        )

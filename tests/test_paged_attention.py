@@ -40,12 +40,15 @@ def test_reference_equals_attention_per_sequence(n_heads, n_kv):
 
 
 @pytest.mark.parametrize(
-    ("n_heads", "n_kv", "dim", "partition"), [(8, 2, 32, 32), (4, 4, 16, 32), (4, 2, 16, 128)]
+    ("n_heads", "n_kv", "dim", "chunk", "splits"),
+    [(8, 2, 32, 32, 2), (4, 4, 16, 16, 4), (4, 2, 16, 64, 16), (8, 1, 16, 16, 1)],
 )
-def test_kernel_equals_reference(monkeypatch, n_heads, n_kv, dim, partition):
-    monkeypatch.setattr(paged_attention, "PARTITION", partition)  # several partitions at 32; one at 128
+def test_kernel_equals_reference(monkeypatch, n_heads, n_kv, dim, chunk, splits):
+    # chunks of one block and of several; splits that take several chunks each, and one chunk or none
+    monkeypatch.setattr(paged_attention, "CHUNK", chunk)
+    monkeypatch.setattr(paged_attention, "SPLITS", splits)
     block_size, width = 16, 6
-    lens = [1, 16, 33, 70, 96]  # one token, whole blocks, partial blocks, several partitions
+    lens = [1, 16, 33, 70, 96]  # one token, whole blocks, partial blocks and chunks, several rounds
     q, k, v, tables, ctx = random_pool(lens, n_heads, n_kv, dim, block_size, width, seed=dim)
     q, k, v = (t.half().to(DEVICE) for t in (q, k, v))
     got = paged_decode_attention(q, k, v, tables.to(DEVICE), ctx.to(DEVICE), block_size)
@@ -54,3 +57,22 @@ def test_kernel_equals_reference(monkeypatch, n_heads, n_kv, dim, partition):
     )
     assert got.dtype == torch.float16
     torch.testing.assert_close(got.float(), want, atol=2e-3, rtol=2e-3)
+
+
+def test_kernel_gives_a_sequence_the_same_bits_alone_and_in_a_batch():
+    """The splits do not depend on the batch, so neither do a sequence's sums (batched decode equals
+    solo decode, token for token)."""
+    block_size, width = 16, 6
+    lens = [5, 70, 96]
+    q, k, v, tables, ctx = random_pool(lens, 8, 2, 32, block_size, width, seed=3)
+    q, k, v, tables, ctx = (
+        q.half().to(DEVICE),
+        k.half().to(DEVICE),
+        v.half().to(DEVICE),
+        tables.to(DEVICE),
+        ctx.to(DEVICE),
+    )
+    batched = paged_decode_attention(q, k, v, tables, ctx, block_size)
+    for i in range(len(lens)):
+        alone = paged_decode_attention(q[i : i + 1], k, v, tables[i : i + 1], ctx[i : i + 1], block_size)
+        assert torch.equal(alone[0], batched[i])

@@ -3,10 +3,14 @@
 Every input is a tensor (block tables, context lengths), none a Python number, so a decode step can
 be captured in a CUDA graph once and replayed for any lengths up to the captured table width.
 
-Work is split flash-decoding style: a program per (sequence, KV head, partition of the context).
-With one sequence and 8 KV heads there would otherwise be 8 programs for 132 SMs. Each program
-takes all query heads that share its KV head (GQA), keeps a running max and sum (online softmax), and
-writes an unnormalized partial; `paged_decode_attention` merges the partials by their log-sum-exp.
+Work is split flash-decoding style: a program per (sequence, KV head, split). The context is cut
+into chunks of CHUNK tokens (several cache blocks, gathered in one load, so one program has a whole
+chunk's keys in flight at once); split s takes chunks s, s + SPLITS, s + 2·SPLITS, ... With one
+sequence and 8 KV heads there would otherwise be 8 programs for 132 SMs, each walking its context
+block by block. Each program takes all query heads that share its KV head (GQA), keeps a running
+max and sum (online softmax), and writes an unnormalized partial; `paged_decode_attention` merges
+the partials by their log-sum-exp. SPLITS is fixed, not chosen by batch size, so a sequence's sums
+are taken in the same order whatever else is in the batch: batched and solo decodes agree.
 
 `paged_decode_reference` is the PyTorch version (gather the blocks, masked SDPA): the CPU path and
 the tests' oracle.
@@ -21,56 +25,58 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-PARTITION = 256  # context tokens per program
+CHUNK = 64  # context tokens a program loads at once
+SPLITS = 16  # programs per (sequence, KV head); together they cover SPLITS * CHUNK tokens a round
 
 
 @triton.jit
 def _paged_decode_kernel(
-    q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, acc_ptr, max_ptr, sum_ptr,
-    scale, stride_table, stride_q, n_splits,
+    q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, acc_ptr, max_ptr, sum_ptr, scale, stride_table, stride_q,
     N_HEADS: tl.constexpr, N_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-    GROUP_PAD: tl.constexpr, PARTITION: tl.constexpr,
+    GROUP_PAD: tl.constexpr, CHUNK: tl.constexpr, SPLITS: tl.constexpr,
 ):  # fmt: skip
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
-    group: tl.constexpr = N_HEADS // N_KV_HEADS
-    rows = tl.arange(0, GROUP_PAD)  # query heads of this KV head, padded for the dot
-    heads = kv_head * group + rows
-    dims = tl.arange(0, HEAD_DIM)
-    row_ok = rows < group
-    q = tl.load(
-        q_ptr + seq * stride_q + heads[:, None] * HEAD_DIM + dims[None, :], mask=row_ok[:, None], other=0.0
-    )
-
     ctx_len = tl.load(lens_ptr + seq)
-    pos = split * PARTITION
-    end = tl.minimum(pos + PARTITION, ctx_len)
-    m = tl.full((GROUP_PAD,), float("-inf"), tl.float32)
-    s = tl.zeros((GROUP_PAD,), tl.float32)
-    acc = tl.zeros((GROUP_PAD, HEAD_DIM), tl.float32)
-    offs = tl.arange(0, BLOCK_SIZE)
-    # A while loop: its bound is a tensor (Triton's interpreter cannot take one in range()).
-    while pos < end:
-        block = tl.load(tables_ptr + seq * stride_table + pos // BLOCK_SIZE)
-        slots = block * BLOCK_SIZE + offs
-        kv_off = (slots * N_KV_HEADS + kv_head)[:, None] * HEAD_DIM + dims[None, :]
-        keys = tl.load(k_ptr + kv_off)
-        values = tl.load(v_ptr + kv_off)
-        scores = tl.dot(q, tl.trans(keys)).to(tl.float32) * scale  # [GROUP_PAD, BLOCK_SIZE]
-        scores = tl.where((pos + offs)[None, :] < ctx_len, scores, float("-inf"))
-        m_new = tl.maximum(m, tl.max(scores, axis=1))
-        p = tl.exp(scores - m_new[:, None])
-        alpha = tl.exp(m - m_new)
-        s = s * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(values.dtype), values).to(tl.float32)
-        m = m_new
-        pos += BLOCK_SIZE
+    pos = split * CHUNK
+    if pos < ctx_len:  # else this split has no chunk: the merge skips it
+        group: tl.constexpr = N_HEADS // N_KV_HEADS
+        rows = tl.arange(0, GROUP_PAD)  # query heads of this KV head, padded for the dot
+        heads = kv_head * group + rows
+        dims = tl.arange(0, HEAD_DIM)
+        row_ok = rows < group
+        q = tl.load(
+            q_ptr + seq * stride_q + heads[:, None] * HEAD_DIM + dims[None, :],
+            mask=row_ok[:, None],
+            other=0.0,
+        )
+        m = tl.full((GROUP_PAD,), float("-inf"), tl.float32)
+        s = tl.zeros((GROUP_PAD,), tl.float32)
+        acc = tl.zeros((GROUP_PAD, HEAD_DIM), tl.float32)
+        offs = tl.arange(0, CHUNK)
+        # A while loop: its bound is a tensor (Triton's interpreter cannot take one in range()).
+        while pos < ctx_len:
+            p_ok = pos + offs < ctx_len
+            block = tl.load(tables_ptr + seq * stride_table + (pos + offs) // BLOCK_SIZE, mask=p_ok, other=0)
+            slots = block * BLOCK_SIZE + (pos + offs) % BLOCK_SIZE
+            kv_off = (slots * N_KV_HEADS + kv_head)[:, None] * HEAD_DIM + dims[None, :]
+            keys = tl.load(k_ptr + kv_off, mask=p_ok[:, None], other=0.0)
+            values = tl.load(v_ptr + kv_off, mask=p_ok[:, None], other=0.0)
+            scores = tl.dot(q, tl.trans(keys)).to(tl.float32) * scale  # [GROUP_PAD, CHUNK]
+            scores = tl.where(p_ok[None, :], scores, float("-inf"))
+            m_new = tl.maximum(m, tl.max(scores, axis=1))
+            p = tl.exp(scores - m_new[:, None])
+            alpha = tl.exp(m - m_new)
+            s = s * alpha + tl.sum(p, axis=1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(values.dtype), values).to(tl.float32)
+            m = m_new
+            pos += SPLITS * CHUNK
 
-    part = (seq * N_HEADS + heads) * n_splits + split
-    tl.store(acc_ptr + part[:, None] * HEAD_DIM + dims[None, :], acc, mask=row_ok[:, None])
-    tl.store(max_ptr + part, m, mask=row_ok)
-    tl.store(sum_ptr + part, s, mask=row_ok)
+        part = (seq * N_HEADS + heads) * SPLITS + split
+        tl.store(acc_ptr + part[:, None] * HEAD_DIM + dims[None, :], acc, mask=row_ok[:, None])
+        tl.store(max_ptr + part, m, mask=row_ok)
+        tl.store(sum_ptr + part, s, mask=row_ok)
 
 
 def paged_decode_attention(
@@ -85,39 +91,46 @@ def paged_decode_attention(
     int32 (each >= 1, <= W * block_size). Returns [B, H, D] in q's dtype."""
     b, n_heads, head_dim = q.shape
     n_kv_heads = k_cache.shape[1]
-    if PARTITION % block_size:
-        raise ValueError(f"block size {block_size} must divide the partition {PARTITION}")
-    n_splits = triton.cdiv(block_tables.shape[1] * block_size, PARTITION)
-    acc = torch.empty(b, n_heads, n_splits, head_dim, device=q.device, dtype=torch.float32)
-    row_max = torch.empty(b, n_heads, n_splits, device=q.device, dtype=torch.float32)
+    acc = torch.empty(b, n_heads, SPLITS, head_dim, device=q.device, dtype=torch.float32)
+    row_max = torch.empty(b, n_heads, SPLITS, device=q.device, dtype=torch.float32)
     row_sum = torch.empty_like(row_max)
     group = n_heads // n_kv_heads
     if q.stride(2) != 1 or q.stride(1) != head_dim:
         q = q.contiguous()
-    _paged_decode_kernel[(b, n_kv_heads, n_splits)](
+    _paged_decode_kernel[(b, n_kv_heads, SPLITS)](
         q, k_cache, v_cache, block_tables, context_lens, acc, row_max, row_sum,
-        1.0 / math.sqrt(head_dim), block_tables.stride(0), q.stride(0), n_splits,
+        1.0 / math.sqrt(head_dim), block_tables.stride(0), q.stride(0),
         N_HEADS=n_heads, N_KV_HEADS=n_kv_heads, HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
-        GROUP_PAD=max(16, triton.next_power_of_2(group)), PARTITION=PARTITION,
+        GROUP_PAD=max(16, triton.next_power_of_2(group)), CHUNK=CHUNK, SPLITS=SPLITS,
     )  # fmt: skip
     out = torch.empty(b, n_heads, head_dim, device=q.device, dtype=q.dtype)
     _merge_kernel[(b, n_heads)](
-        acc, row_max, row_sum, out, n_splits, HEAD_DIM=head_dim, SPLITS=triton.next_power_of_2(n_splits)
+        acc, row_max, row_sum, context_lens, out, HEAD_DIM=head_dim, CHUNK=CHUNK, SPLITS=SPLITS
     )
     return out
 
 
 @triton.jit
-def _merge_kernel(acc_ptr, max_ptr, sum_ptr, out_ptr, n_splits, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr):
-    """Merge one head's partitions: weights exp(m_i - max m); empty partitions have m = -inf."""
-    row = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)  # (seq, head)
+def _merge_kernel(
+    acc_ptr,
+    max_ptr,
+    sum_ptr,
+    lens_ptr,
+    out_ptr,
+    HEAD_DIM: tl.constexpr,
+    CHUNK: tl.constexpr,
+    SPLITS: tl.constexpr,
+):
+    """Merge one head's splits, weights exp(m_i - max m); the splits that had no chunk wrote nothing."""
+    seq = tl.program_id(0)
+    row = seq * tl.num_programs(1) + tl.program_id(1)  # (seq, head)
     splits = tl.arange(0, SPLITS)
-    ok = splits < n_splits
+    ok = splits * CHUNK < tl.load(lens_ptr + seq)
     dims = tl.arange(0, HEAD_DIM)
-    m = tl.load(max_ptr + row * n_splits + splits, mask=ok, other=float("-inf"))
-    s = tl.load(sum_ptr + row * n_splits + splits, mask=ok, other=0.0)
+    m = tl.load(max_ptr + row * SPLITS + splits, mask=ok, other=float("-inf"))
+    s = tl.load(sum_ptr + row * SPLITS + splits, mask=ok, other=0.0)
     acc = tl.load(
-        acc_ptr + (row * n_splits + splits)[:, None] * HEAD_DIM + dims[None, :], mask=ok[:, None], other=0.0
+        acc_ptr + (row * SPLITS + splits)[:, None] * HEAD_DIM + dims[None, :], mask=ok[:, None], other=0.0
     )
     w = tl.exp(m - tl.max(m, axis=0))
     out = tl.sum(acc * w[:, None], axis=0) / tl.sum(s * w, axis=0)
