@@ -57,3 +57,19 @@ def test_silu_mul_equals_silu_times_up(dtype):
     gate_up = randn(3, 2 * 1500, dtype=dtype, scale=3)  # n not a multiple of the block
     gate, up = gate_up.split(1500, dim=-1)
     torch.testing.assert_close(fused.silu_mul(gate_up), F.silu(gate) * up, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize(("kv_heads", "head_dim"), [(2, 16), (3, 16)])  # 3 x 16: not a power of two
+def test_store_kv_writes_the_slots_of_k_and_v(kv_heads, head_dim):
+    gen = torch.Generator().manual_seed(kv_heads)
+    t, n_slots, q_size = 5, 40, 4 * head_dim
+    qkv = torch.randn(t, q_size + 2 * kv_heads * head_dim, generator=gen).half().to(DEVICE)
+    k = qkv[:, q_size : q_size + kv_heads * head_dim].view(t, kv_heads, head_dim)  # strided views
+    v = qkv[:, q_size + kv_heads * head_dim :].view(t, kv_heads, head_dim)
+    k_cache = torch.zeros(n_slots, kv_heads, head_dim, dtype=torch.float16, device=DEVICE)
+    v_cache = torch.zeros_like(k_cache)
+    slots = torch.tensor([7, 0, 39, 12, 13], device=DEVICE)
+    want_k, want_v = k_cache.clone(), v_cache.clone()
+    want_k[slots], want_v[slots] = k, v
+    fused.store_kv(k, v, k_cache, v_cache, slots)
+    assert torch.equal(k_cache, want_k) and torch.equal(v_cache, want_v)

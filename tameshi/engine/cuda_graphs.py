@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from tameshi.engine.paged_cache import PagedKVCache
+from tameshi.kernels.fused import store_kv
 from tameshi.kernels.paged_attention import paged_decode_attention
 from tameshi.model.llama import LlamaForCausalLM
 
@@ -40,8 +41,7 @@ class _StaticDecodeBackend:
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         k_cache, v_cache = self.cache.k[layer], self.cache.v[layer]
-        k_cache.index_copy_(0, self.slots, k)
-        v_cache.index_copy_(0, self.slots, v)
+        store_kv(k, v, k_cache, v_cache, self.slots)
         return paged_decode_attention(q, k_cache, v_cache, self.tables, self.lens, self.cache.block_size)
 
 

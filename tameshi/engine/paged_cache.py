@@ -87,8 +87,13 @@ class PagedKVCache:
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         k_cache, v_cache = self.k[layer], self.v[layer]
-        k_cache.index_copy_(0, self._slot_mapping, k)
-        v_cache.index_copy_(0, self._slot_mapping, v)
+        if k.is_cuda:  # one kernel for both
+            from tameshi.kernels.fused import store_kv
+
+            store_kv(k, v, k_cache, v_cache, self._slot_mapping)
+        else:
+            k_cache.index_copy_(0, self._slot_mapping, k)
+            v_cache.index_copy_(0, self._slot_mapping, v)
         out = torch.empty_like(q)
         gqa = q.shape[1] != k.shape[1]
         for p in self._prefills:

@@ -105,3 +105,29 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     block = 1024
     _silu_mul_kernel[(rows, triton.cdiv(n, block))](gate_up, out, n, BLOCK=block)
     return out
+
+
+@triton.jit
+def _store_kv_kernel(k_ptr, v_ptr, slots_ptr, k_cache_ptr, v_cache_ptr, k_stride, v_stride, SIZE: tl.constexpr):
+    token = tl.program_id(0)
+    cols = tl.arange(0, SIZE)
+    slot = tl.load(slots_ptr + token).to(tl.int64)
+    tl.store(k_cache_ptr + slot * SIZE + cols, tl.load(k_ptr + token * k_stride + cols))
+    tl.store(v_cache_ptr + slot * SIZE + cols, tl.load(v_ptr + token * v_stride + cols))
+
+
+def store_kv(
+    k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor
+) -> None:
+    """k_cache[slots] = k and v_cache[slots] = v in one kernel: k, v [T, KVH, D] (each token's heads
+    contiguous, e.g. views of the qkv projection); caches [slots, KVH, D] contiguous."""
+    t, kv_heads, head_dim = k.shape
+    size = kv_heads * head_dim
+    for x in (k, v):
+        if x.stride(2) != 1 or x.stride(1) != head_dim:
+            raise ValueError("store_kv needs each token's heads contiguous")
+    if size & (size - 1):  # not a power of two: one arange cannot span it
+        k_cache.index_copy_(0, slots, k)
+        v_cache.index_copy_(0, slots, v)
+        return
+    _store_kv_kernel[(t,)](k, v, slots, k_cache, v_cache, k.stride(0), v.stride(0), SIZE=size)
