@@ -99,13 +99,16 @@ class BlockManager:
             seq.block_table.append(self._take(self._evict()))
 
     def commit(self, seq: Sequence) -> None:
-        """Offer the full blocks whose K/V are now computed to the prefix cache."""
+        """Offer the full blocks whose K/V are now computed to the prefix cache. Each block is hashed
+        once: the sequence keeps the chain up to its last committed block, so a decode step costs the
+        same at 100 or 10,000 tokens."""
         if not self.enable_prefix_caching:
             return
-        parent = None
-        for i in range(seq.num_computed_tokens // self.block_size):
+        hashes = seq.block_hashes
+        for i in range(len(hashes), seq.num_computed_tokens // self.block_size):
             tokens = tuple(seq.token_ids[i * self.block_size : (i + 1) * self.block_size])
-            parent = chain_hash(parent, tokens)
+            parent = chain_hash(hashes[-1] if hashes else None, tokens)
+            hashes.append(parent)
             block = self.blocks[seq.block_table[i]]
             if block.hash == parent:
                 continue
@@ -121,6 +124,7 @@ class BlockManager:
             if block.ref_count == 0:
                 self.free[block_id] = None
         seq.block_table = []
+        seq.block_hashes = []
         seq.num_computed_tokens = seq.num_cached_tokens = 0
 
     # -- internals -------------------------------------------------------------------------------

@@ -78,7 +78,7 @@ class ModelRunner:
         params = [s.params for s in seqs]
         tokens = self.sampler(
             logits,
-            [torch.tensor(s.token_ids, device=self.device) for s in seqs],
+            [s.token_ids for s in seqs],  # host lists: copied to the device only for a repetition penalty
             params,
             [s.generator for s in seqs],
             n_generated=[s.n_generated for s in seqs],

@@ -10,6 +10,8 @@ scores bit-identical, because HF runs no processor for it at all.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from tameshi.engine.sequence import TokenLogprob
@@ -20,12 +22,13 @@ _NEG_INF = float("-inf")
 
 def process_logits(
     logits: torch.Tensor,
-    history: list[torch.Tensor],
+    history: Sequence[torch.Tensor | list[int]],
     params: list[SamplingParams],
     n_generated: list[int] | None = None,
     eos_ids: list[tuple[int, ...]] | None = None,
 ) -> torch.Tensor:
-    """Scores [B, V] float32 as HF's processors give them; `params` must be resolved."""
+    """Scores [B, V] float32 as HF's processors give them; `params` must be resolved. `history`: each
+    row's token ids so far (prompt and generated), read only for a repetition penalty."""
     if not len(history) == len(params) == logits.shape[0]:
         raise ValueError(f"{logits.shape[0]} logit rows, {len(history)} histories, {len(params)} params")
     # HF casts the last position's logits to float32 before any processor runs; copy=True because
@@ -44,7 +47,7 @@ class Sampler:
     def __call__(
         self,
         logits: torch.Tensor,
-        history: list[torch.Tensor],
+        history: Sequence[torch.Tensor | list[int]],
         params: list[SamplingParams],
         generators: list[torch.Generator | None],
         n_generated: list[int] | None = None,
@@ -116,16 +119,18 @@ def make_generator(seed: int | None, device: torch.device | str) -> torch.Genera
 
 
 def _apply_repetition_penalty(
-    scores: torch.Tensor, history: list[torch.Tensor], params: list[SamplingParams]
+    scores: torch.Tensor, history: Sequence[torch.Tensor | list[int]], params: list[SamplingParams]
 ) -> torch.Tensor:
     penalties = [p.repetition_penalty for p in params]
     if all(penalty == 1.0 for penalty in penalties):
         return scores
     batch, vocab = scores.shape
-    # pad (and clamp stray ids) to column `vocab`, dropped after the scatter, as HF does for ids past lm_head
-    ids = torch.nn.utils.rnn.pad_sequence(
-        [h.to(scores.device) for h in history], batch_first=True, padding_value=vocab
-    ).clamp_(max=vocab)
+    # pad (and clamp stray ids) to column `vocab`, dropped after the scatter, as HF does for ids past
+    # lm_head; one padded copy to the device for the whole batch
+    rows = [h.tolist() if isinstance(h, torch.Tensor) else list(h) for h in history]
+    width = max(map(len, rows), default=0)
+    padded = [row + [vocab] * (width - len(row)) for row in rows]
+    ids = _host_to_device(padded, torch.long, scores.device).view(batch, width).clamp_(max=vocab)
     seen = torch.zeros(batch, vocab + 1, dtype=torch.bool, device=scores.device)
     seen.scatter_(1, ids, True)
     penalty = _host_to_device(penalties, torch.float32, scores.device).unsqueeze(1)

@@ -55,6 +55,7 @@ class Sequence:
         self.block_table: list[int] = []
         self.num_computed_tokens = 0  # tokens whose K/V are in the cache
         self.num_cached_tokens = 0  # of those, how many came from the prefix cache at admission
+        self.block_hashes: list[int] = []  # chain hashes of the leading full blocks already committed
         self.generator = None  # per-request torch.Generator when seeded
         self.preempted = 0  # times its blocks were taken back (recomputed later)
 
