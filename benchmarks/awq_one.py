@@ -45,12 +45,35 @@ def main() -> None:
             err = ((y.float() - ref).abs().max() / ref.abs().max()).item()
             worst = max(worst, err)
             misses += err > 2e-3
+            if err > 2e-3 and misses <= 3:
+                describe_miss(y.float(), ref, misses)
     torch.cuda.synchronize()
     print(f"M={args.m} K={k} N={n}: {cfg}")
     if ref is not None:
         print(
             f"{misses} of {args.calls} calls off the reference by > 2e-3 of its largest value; worst {worst:.2e}"
         )
+
+
+def describe_miss(y: torch.Tensor, ref: torch.Tensor, miss: int) -> None:
+    """Where a call went wrong: its rows and columns, how far off, and what the one-launch sum left
+    behind in its scratch (all zero after a right call)."""
+    from tameshi.kernels.awq_triton import _scratch
+
+    bad = (y - ref).abs() > 2e-3 * ref.abs().max()
+    rows = bad.any(1).nonzero().flatten().tolist()
+    cols = bad.any(0).nonzero().flatten()
+    ratio = (y[bad] / ref[bad]).float()
+    ws, counts = _scratch.get(y.device, (None, None))
+    left = (
+        ""
+        if ws is None
+        else f"; scratch left nonzero: {int((ws != 0).sum())} values, {int((counts != 0).sum())} counters"
+    )
+    print(
+        f"miss {miss}: {int(bad.sum())} values wrong, rows {rows}, columns {cols.min().item()}..{cols.max().item()}"
+        f" ({cols.numel()}), y/ref median {ratio.median().item():.3f}{left}"
+    )
 
 
 if __name__ == "__main__":

@@ -109,9 +109,7 @@ def _partial_product(x, codes, USE_DOT: tl.constexpr, DOT_FP32: tl.constexpr, MA
 
 
 @triton.jit
-def _store_output(
-    out, y_ptrs, ws_ptrs, count_ptr, mask, SPLIT_K: tl.constexpr, FIXUP: tl.constexpr, ASM: tl.constexpr
-):
+def _store_output(out, y_ptrs, ws_ptrs, count_ptr, mask, SPLIT_K: tl.constexpr, FIXUP: tl.constexpr):
     """Write this program's part of y. Split K: add it into y (float32, zeroed before the kernel and
     cast after it); or, with FIXUP, into a float32 workspace, and the split that finishes a tile
     last (a counter per tile tells it) writes the sum to y in y's dtype and sets workspace and
@@ -122,19 +120,10 @@ def _store_output(
         tl.atomic_add(y_ptrs, out, mask=mask)
     else:
         tl.atomic_add(ws_ptrs, out, mask=mask, sem="relaxed")
-        if ASM:
-            # Every thread's adds visible to the whole GPU before the tile counts this program done:
-            # the counter's release below is thread 0's, and its fence need not wait for the other
-            # warps' adds.
-            tl.inline_asm_elementwise(
-                "fence.acq_rel.gpu; mov.u32 $0, $1;",
-                "=r,r",
-                [tl.program_id(0)],
-                dtype=tl.int32,
-                is_pure=False,
-                pack=1,
-            )
-        tl.debug_barrier()  # all of this program's adds are issued before it counts itself done
+        # The barrier orders every thread's adds before thread 0's count, whose release is cumulative
+        # (PTX memory model): the program that reads the count sees all of them. A fence in every
+        # thread as well cost the one-row kernel 12% at the 67B shapes on an H200.
+        tl.debug_barrier()
         done = tl.atomic_add(count_ptr, 1, sem="acq_rel")  # release: its adds; acquire: the others'
         if done == SPLIT_K - 1:
             total = tl.load(ws_ptrs, mask=mask, other=0.0, cache_modifier=".cg")  # from L2, not L1
@@ -230,7 +219,7 @@ def _awq_matmul_kernel(
     ws_ptrs = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
     mask = mask_m[:, None] & mask_n[None, :]
     count = count_ptr + pid_m * tl.num_programs(0) + pid_n
-    _store_output(acc, y_ptrs, ws_ptrs, count, mask, SPLIT_K, FIXUP, ASM)
+    _store_output(acc, y_ptrs, ws_ptrs, count, mask, SPLIT_K, FIXUP)
 
 
 @triton.jit
@@ -380,7 +369,7 @@ def _awq_gemv_kernel(
         out = tl.sum(acc, axis=0)
     count = count_ptr + row * tl.num_programs(0) + pid_n
     _store_output(
-        out, y_ptr + row * stride_ym + offs_n, ws_ptr + row * N + offs_n, count, mask_n, SPLIT_K, FIXUP, ASM
+        out, y_ptr + row * stride_ym + offs_n, ws_ptr + row * N + offs_n, count, mask_n, SPLIT_K, FIXUP
     )
 
 
@@ -441,9 +430,12 @@ class MatmulConfig:
     # codes to floats by exponent bits, not conversions (_code_pairs); the tensor-core
     # path does it for fp16 activations only
     magic: bool = False
-    # split K summed in one launch (_store_output). Off: on an H200 at the 67B gate_up shape, 4 rows
-    # in the 16-row tile, 125 of 300 calls summed wrong (1 and 16 rows: none) while only thread 0
-    # fenced before counting; every thread fences now, which has not yet run on a GPU
+    # split K summed in one launch (_store_output): no zeroed fp32 output before the kernel and no
+    # cast after it, two launches fewer per linear. On for one row (300-call stress tests on the
+    # H200, none wrong). Off for the tensor-core tiles: on an H200 at the 67B gate_up shape, 4 and 8
+    # rows in the 16-row tile came out wrong in 25 and 98 of 100 calls (16 rows: none), valid rows of
+    # one tile near zero, the scratch left clean, with or without a fence in every thread: not the
+    # memory order of the sum; cause not found (benchmarks/awq_one.py --check describes a miss)
     fixup: bool = False
     # tensor-core path, fp16 activations: codes to fp16 two at a time by exponent bits, kept in the
     # order they come (x loaded in that order), instead of one at a time
@@ -471,7 +463,9 @@ def default_config(m: int, n: int, k: int, group: int) -> MatmulConfig:
     if m == 1:
         # two blocks per program, loaded as one tensor, two warps: 2-8% faster than four in a loop
         split = _split(n_blocks, per_program=2)
-        return MatmulConfig(1, 64, block_k, split, num_warps=2, by_word=True, magic=True, whole_split=True)
+        return MatmulConfig(
+            1, 64, block_k, split, num_warps=2, by_word=True, magic=True, whole_split=True, fixup=True
+        )
     if m <= 16:
         return MatmulConfig(16, 128, block_k, _split(n_blocks, per_program=1), num_warps=8)
     # Up to 64 rows (batched decode): one 64-row tile of fp16 weights, dequantized two codes at a time
@@ -575,8 +569,10 @@ def kernel_constants(
 
 # Per device: the split-K workspace (float32) and tile counters of MatmulConfig.fixup, all zero
 # between kernels (each kernel's last split per tile zeroes what it used). Kernels on one stream run
-# one after another, so one scratch serves every layer; it only grows.
+# one after another, so one scratch serves every layer; it only grows. A grown-out scratch is kept:
+# CUDA graphs captured before may still point at it.
 _scratch: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+_outgrown: list[tuple[torch.Tensor, torch.Tensor]] = []
 
 
 def split_k_scratch(device: torch.device, values: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -585,6 +581,8 @@ def split_k_scratch(device: torch.device, values: int, tiles: int) -> tuple[torc
     if ws is None or ws.numel() < values or counts.numel() < tiles:
         values = max(values, ws.numel() if ws is not None else 0)
         tiles = max(tiles, counts.numel() if counts is not None else 0)
+        if ws is not None:
+            _outgrown.append((ws, counts))
         ws = torch.zeros(values, dtype=torch.float32, device=device)
         counts = torch.zeros(tiles, dtype=torch.int32, device=device)
         _scratch[device] = (ws, counts)
