@@ -1,7 +1,7 @@
 """Where a decode step's time goes: GPU kernels by kind, CUDA-graph replay against the whole engine
 step, and the host functions that cost most.
 
-    python benchmarks/profile_decode.py CKPT [--batch 1] [--prompt-len 128] [--tokens 64] [--steps 20]
+    python benchmarks/profile_decode.py CKPT [--batch 1 [64 ...]] [--prompt-len 128] [--tokens 64] [--steps 20]
 
 `--batch N` starts N requests of --prompt-len random tokens together, profiles the steps that prefill
 them and then --steps decode steps of the N rows (torch.profiler, CUDA kernels grouped by kind: AWQ
@@ -44,15 +44,19 @@ def kind_of(name: str) -> str:
     return next((kind for kind, pattern in KINDS if re.search(pattern, low)), "other")
 
 
-def kernel_table(prof: torch.profiler.profile, steps: int) -> list[str]:
-    """GPU time per decode step by kernel kind, from the profiler's CUDA kernel events."""
+def kernel_table(prof: torch.profiler.profile, steps: int, top: int = 15) -> list[str]:
+    """GPU time per step by kernel kind, from the profiler's CUDA kernel events; then the `top` kernels."""
     time_us: dict[str, float] = defaultdict(float)
     calls: dict[str, int] = defaultdict(int)
+    by_name: dict[str, float] = defaultdict(float)
+    name_calls: dict[str, int] = defaultdict(int)
     for event in prof.events():
         if event.device_type == torch.autograd.DeviceType.CUDA:
             kind = kind_of(event.name)
             time_us[kind] += event.device_time_total
             calls[kind] += 1
+            by_name[event.name] += event.device_time_total
+            name_calls[event.name] += 1
     total = sum(time_us.values()) or 1.0
     lines = ["| kernels | ms per step | share | launches per step |", "|---|---:|---:|---:|"]
     for kind, us in sorted(time_us.items(), key=lambda kv: -kv[1]):
@@ -60,6 +64,9 @@ def kernel_table(prof: torch.profiler.profile, steps: int) -> list[str]:
             f"| {kind} | {us / steps / 1000:.2f} | {100 * us / total:.0f}% | {calls[kind] / steps:.0f} |"
         )
     lines.append(f"| all | {total / steps / 1000:.2f} | 100% | {sum(calls.values()) / steps:.0f} |")
+    lines += ["", "| kernel | µs per step | launches per step |", "|---|---:|---:|"]
+    for name, us in sorted(by_name.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"| {name[:90]} | {us / steps:.1f} | {name_calls[name] / steps:.0f} |")
     return lines
 
 
@@ -144,15 +151,16 @@ def profile_one(llm: LLM, tokens: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("checkpoint")
-    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--batch", type=int, nargs="+", default=[1], help="row counts, profiled in turn")
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--tokens", type=int, default=64, help="batch 1: tokens per timed run")
     ap.add_argument("--steps", type=int, default=20, help="decode steps profiled")
     args = ap.parse_args()
-    llm = LLM(args.checkpoint, progress=False, engine_config=EngineConfig(max_num_seqs=max(args.batch, 1)))
-    profile_batch(llm, args.batch, args.prompt_len, args.steps)
-    if args.batch == 1:
-        profile_one(llm, args.tokens)
+    llm = LLM(args.checkpoint, progress=False, engine_config=EngineConfig(max_num_seqs=max(args.batch)))
+    for batch in args.batch:
+        profile_batch(llm, batch, args.prompt_len, args.steps)
+        if batch == 1:
+            profile_one(llm, args.tokens)
 
 
 if __name__ == "__main__":
