@@ -1,5 +1,6 @@
-"""Compile AWQLinear's default tiles (both nibble orders of KPacked) for an sm_90 GPU, on any machine (Triton's own compiler and
-ptxas, no GPU needed): a tile Triton cannot compile is found here, not on the first GPU that runs it.
+"""Compile AWQLinear's default tiles (both nibble orders of KPacked) and the decode step's other
+kernels, with PDL, for an sm_90 GPU on any machine (Triton's own compiler and ptxas, no GPU needed):
+a tile Triton cannot compile is found here, not on the first GPU that runs it.
 
     python tests/awq_tiles_compile.py      (exit status 1 if any fails; run by test_awq_triton.py)
 
@@ -46,8 +47,8 @@ def main() -> int:
         if k % group:
             continue
         cfg = default_config(m, n, k, group)
-        kernel, consts = kernel_constants(cfg, k, group, dtype, paired)
-        consts["ASM"] = True  # as on a GPU
+        kernel, consts = kernel_constants(cfg, k, group, dtype, paired, with_pdl=True)
+        consts["ASM"] = True  # as on a GPU, where sm_90 launches with PDL
         key = (kernel.__name__, tuple(sorted(consts.items())), cfg.num_warps, cfg.num_stages, dtype)
         if key in seen:
             continue
@@ -56,8 +57,12 @@ def main() -> int:
         ints = [i for i, name in enumerate(sig) if sig[name] != "constexpr" and name != "M"]
         attrs = {(i,): [["tt.divisibility", 16]] for i in ints}
         try:
-            compile(ASTSource(kernel, sig, consts, attrs), target=target,
-                    options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})  # fmt: skip
+            options = {
+                "num_warps": cfg.num_warps,
+                "num_stages": cfg.num_stages,
+                "launch_pdl": "PDL" in consts,
+            }
+            compile(ASTSource(kernel, sig, consts, attrs), target=target, options=options)
         except Exception as e:  # report every tile that fails, then fail
             failed.append(
                 f"K={k} N={n} group={group} M={m} {dtype} paired={paired}: {cfg}: {str(e).splitlines()[0]}"
@@ -77,10 +82,64 @@ def main() -> int:
             failed.append(
                 f"dequantize group={group} paired={paired} by_word={by_word}: {str(e).splitlines()[0]}"
             )
-    print(f"{len(seen)} tiles compiled for sm_90, {len(failed)} failed")
+    failed += compile_decode_kernels(target)
+    print(f"{len(seen)} tiles and the decode step's other kernels compiled for sm_90, {len(failed)} failed")
     for line in failed:
         print(line)
     return 1 if failed else 0
+
+
+def compile_decode_kernels(target: GPUTarget) -> list[str]:
+    """The other kernels of a decode step, as sm_90 launches them (PDL on), at the 67B and 7B shapes."""
+    from tameshi.kernels import fused, paged_attention
+
+    f16 = "*fp16"
+    jobs = []
+    for n in (8192, 4096):
+        sig = {
+            "x_ptr": f16,
+            "delta_ptr": f16,
+            "w_ptr": f16,
+            "sum_ptr": f16,
+            "out_ptr": f16,
+            "n": "i32",
+            "eps": "fp32",
+        }
+        jobs.append((fused._add_rms_norm_kernel, sig, {"HAS_DELTA": True, "BLOCK": n}, 8))
+    sig = {"qk_ptr": f16, "cos_ptr": f16, "sin_ptr": f16, "row_stride": "i32"}
+    jobs.append((fused._rope_kernel, sig, {"HEAD_DIM": 128, "HALF": 64}, 4))
+    jobs.append((fused._silu_mul_kernel, {"gu_ptr": f16, "out_ptr": f16, "n": "i32"}, {"BLOCK": 1024}, 4))
+    sig = {"k_ptr": f16, "v_ptr": f16, "slots_ptr": "*i64", "k_cache_ptr": f16, "v_cache_ptr": f16}
+    sig |= {"k_stride": "i32", "v_stride": "i32"}
+    for size in (1024, 4096):
+        jobs.append((fused._store_kv_kernel, sig, {"SIZE": size}, 4))
+    for heads, kv_heads in ((64, 8), (32, 32)):
+        sig = {"q_ptr": f16, "k_ptr": f16, "v_ptr": f16, "tables_ptr": "*i32", "lens_ptr": "*i64"}
+        sig |= {"acc_ptr": "*fp32", "max_ptr": "*fp32", "sum_ptr": "*fp32", "scale": "fp32"}
+        sig |= {"stride_table": "i32", "stride_q": "i32"}
+        consts = {
+            "N_HEADS": heads,
+            "N_KV_HEADS": kv_heads,
+            "HEAD_DIM": 128,
+            "BLOCK_SIZE": 16,
+            "GROUP_PAD": 16,
+        }
+        consts |= {"CHUNK": paged_attention.CHUNK, "SPLITS": paged_attention.SPLITS}
+        jobs.append((paged_attention._paged_decode_kernel, sig, consts, 4))
+    sig = {"acc_ptr": "*fp32", "max_ptr": "*fp32", "sum_ptr": "*fp32", "lens_ptr": "*i64", "out_ptr": f16}
+    consts = {"HEAD_DIM": 128, "CHUNK": paged_attention.CHUNK, "SPLITS": paged_attention.SPLITS}
+    jobs.append((paged_attention._merge_kernel, sig, consts, 4))
+    failed = []
+    for kernel, sig, consts, warps in jobs:
+        consts = {**consts, "PDL": True}
+        try:
+            compile(
+                ASTSource(kernel, sig | dict.fromkeys(consts, "constexpr"), consts),
+                target=target, options={"num_warps": warps, "launch_pdl": True},
+            )  # fmt: skip
+        except Exception as e:  # report every kernel that fails, then fail
+            failed.append(f"{kernel.fn.__name__} {consts}: {str(e).splitlines()[0]}")
+    return failed
 
 
 if __name__ == "__main__":

@@ -23,13 +23,13 @@ reference) by tests/test_awq_triton.py, under TRITON_INTERPRET=1 on CPU.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
+from tameshi.kernels import interpreted, pdl
 from tameshi.loading.awq import unpack_gemm
 
 
@@ -330,11 +330,15 @@ def _awq_gemv_kernel(
     x_ptr, w_ptr, z_ptr, s_ptr, y_ptr, ws_ptr, count_ptr, N, stride_xm, stride_ym,
     GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
     BLOCKS_PER_SPLIT: tl.constexpr, MAGIC: tl.constexpr, ASM: tl.constexpr, FIXUP: tl.constexpr,
-    WHOLE: tl.constexpr, PAIRED: tl.constexpr,
+    WHOLE: tl.constexpr, PAIRED: tl.constexpr, PDL: tl.constexpr = False,
 ):  # fmt: skip
     """One activation row (decode): each packed word loaded once, its 8 codes multiplied on CUDA cores
     into a [BLOCK_K/8, BLOCK_N] accumulator that is reduced over K only once, at the end (a reduction
-    per K block would cross threads every time). MAGIC: codes to floats two at a time (_code_pairs)."""
+    per K block would cross threads every time). MAGIC: codes to floats two at a time (_code_pairs).
+    PDL (tameshi.kernels): the whole-split form loads its weights before it waits for the kernel
+    before it, which computes x."""
+    if PDL:
+        tl.extra.cuda.gdc_launch_dependents()
     pid_n = tl.program_id(0)
     row = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -352,14 +356,18 @@ def _awq_gemv_kernel(
             w_ptr + ((kb * R)[:, None, None] + offs_r[None, :, None]) * N + offs_n[None, None, :],
             mask=mask_n[None, None, :], other=0,
         )  # fmt: skip
-        x_at = x_row + (kb * BLOCK_K)[:, None] + offs_r[None, :] * 8
-        xq, x_sum = _pair_products(words, x_at, ASM, PAIRED)
         g = (kb * BLOCK_K // GROUP)[:, None] * N + offs_n[None, :]
         z = tl.load(z_ptr + g, mask=mask_n[None, :], other=0.0).to(tl.float32) + 1024.0
         sc = tl.load(s_ptr + g, mask=mask_n[None, :], other=0.0).to(tl.float32)
+        if PDL:
+            tl.extra.cuda.gdc_wait()
+        x_at = x_row + (kb * BLOCK_K)[:, None] + offs_r[None, :] * 8
+        xq, x_sum = _pair_products(words, x_at, ASM, PAIRED)
         part = sc[:, None, :] * (xq - x_sum[:, :, None] * z[:, None, :])
         out = tl.sum(tl.reshape(part, (BLOCKS_PER_SPLIT * R, BLOCK_N)), axis=0)
     else:
+        if PDL:
+            tl.extra.cuda.gdc_wait()
         acc = tl.zeros((R, BLOCK_N), dtype=tl.float32)
         for i in range(BLOCKS_PER_SPLIT):
             k0 = (pid_k * BLOCKS_PER_SPLIT + i) * BLOCK_K
@@ -410,10 +418,6 @@ def _awq_dequantize_kernel(
         s = tl.load(s_ptr + g, mask=mask_n, other=0.0).to(tl.float32)
     out = (codes - z) * s
     tl.store(out_ptr + offs_k[:, None] * N + offs_n[None, :], out.to(out_ptr.dtype.element_ty), mask=mask_n)
-
-
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 @dataclass(frozen=True)
@@ -535,8 +539,11 @@ def launch(
     m, k = x.shape
     n = packed.shape[1]
     grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, cfg.block_m), cfg.split_k)
-    kernel, consts = kernel_constants(cfg, k, packed.group, x.dtype, packed.paired)
+    with_pdl = pdl(x.device)
+    kernel, consts = kernel_constants(cfg, k, packed.group, x.dtype, packed.paired, with_pdl)
     sizes = (n,) if kernel is _awq_gemv_kernel else (m, n)
+    if kernel is _awq_gemv_kernel and with_pdl:
+        consts["launch_pdl"] = True
     kernel[grid](
         x, packed.qweight, packed.zeros, packed.scales, y, ws, counts, *sizes, x.stride(0), y.stride(0),
         **consts, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
@@ -544,24 +551,25 @@ def launch(
 
 
 def kernel_constants(
-    cfg: MatmulConfig, k: int, group: int, dtype: torch.dtype, paired: bool = False
+    cfg: MatmulConfig, k: int, group: int, dtype: torch.dtype, paired: bool = False, with_pdl: bool = False
 ) -> tuple:
-    """The kernel that runs `cfg` and its compile-time constants (also for compiling it ahead, in tests)."""
+    """The kernel that runs `cfg` and its compile-time constants (also for compiling it ahead, in tests).
+    `with_pdl`: launched with programmatic dependent launch (the one-row kernel takes it)."""
     fixup = cfg.split_k > 1 and cfg.fixup
     blocks = k // cfg.block_k // cfg.split_k  # per program
-    asm = not _interpreted()
+    asm = not interpreted()
     if cfg.block_m == 1 and cfg.by_word:
         return _awq_gemv_kernel, dict(
             GROUP=group, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k,
             BLOCKS_PER_SPLIT=blocks, MAGIC=cfg.magic, ASM=asm, FIXUP=fixup,
             WHOLE=cfg.whole_split and cfg.magic and blocks & (blocks - 1) == 0,  # tl.arange needs a power of two
-            PAIRED=paired,
+            PAIRED=paired, PDL=with_pdl,
         )  # fmt: skip
     fp16 = dtype == torch.float16
     return _awq_matmul_kernel, dict(
         GROUP=group, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         SPLIT_K=cfg.split_k, BLOCKS_PER_SPLIT=blocks, USE_DOT=cfg.block_m > 1,
-        DOT_FP32=dtype == torch.bfloat16 and _interpreted(), BY_WORD=cfg.by_word,
+        DOT_FP32=dtype == torch.bfloat16 and interpreted(), BY_WORD=cfg.by_word,
         MAGIC=cfg.magic and cfg.block_m > 1 and fp16, FIXUP=fixup,
         PAIRS=cfg.pairs and cfg.block_m > 1 and fp16, SCALED=cfg.scaled, ASM=asm, PAIRED=paired,
     )  # fmt: skip

@@ -13,11 +13,22 @@ import torch
 import triton
 import triton.language as tl
 
+from tameshi.kernels import pdl
+
+
+def pdl_launch(device: torch.device) -> dict:
+    """The launch arguments of a kernel here that takes PDL (tameshi.kernels): on, where it can be."""
+    return {"PDL": True, "launch_pdl": True} if pdl(device) else {}
+
 
 @triton.jit
 def _add_rms_norm_kernel(
-    x_ptr, delta_ptr, w_ptr, sum_ptr, out_ptr, n, eps, HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr
-):
+    x_ptr, delta_ptr, w_ptr, sum_ptr, out_ptr, n, eps, HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr,
+    PDL: tl.constexpr = False,
+):  # fmt: skip
+    if PDL:  # tameshi.kernels: let the next kernel launch, wait for the one before
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     mask = cols < n
@@ -48,12 +59,24 @@ def add_rms_norm(
     _add_rms_norm_kernel[(rows,)](
         x, delta.contiguous() if delta is not None else x, weight, total, out, n, eps,
         HAS_DELTA=delta is not None, BLOCK=triton.next_power_of_2(n), num_warps=8 if n >= 4096 else 4,
+        **pdl_launch(x.device),
     )  # fmt: skip
     return total, out
 
 
 @triton.jit
-def _rope_kernel(qk_ptr, cos_ptr, sin_ptr, row_stride, HEAD_DIM: tl.constexpr, HALF: tl.constexpr):
+def _rope_kernel(
+    qk_ptr,
+    cos_ptr,
+    sin_ptr,
+    row_stride,
+    HEAD_DIM: tl.constexpr,
+    HALF: tl.constexpr,
+    PDL: tl.constexpr = False,
+):
+    if PDL:  # tameshi.kernels: let the next kernel launch, wait for the one before
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     token = tl.program_id(0)
     head = tl.program_id(1)
     i = tl.arange(0, HALF)
@@ -79,13 +102,17 @@ def rope_(qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     if qk.stride(2) != 1 or qk.stride(1) != head_dim:
         raise ValueError("rope_ needs each token's heads contiguous")
     _rope_kernel[(t, heads)](
-        qk, cos.contiguous(), sin.contiguous(), qk.stride(0), HEAD_DIM=head_dim, HALF=head_dim // 2
-    )
+        qk, cos.contiguous(), sin.contiguous(), qk.stride(0), HEAD_DIM=head_dim, HALF=head_dim // 2,
+        **pdl_launch(qk.device),
+    )  # fmt: skip
     return qk
 
 
 @triton.jit
-def _silu_mul_kernel(gu_ptr, out_ptr, n, BLOCK: tl.constexpr):
+def _silu_mul_kernel(gu_ptr, out_ptr, n, BLOCK: tl.constexpr, PDL: tl.constexpr = False):
+    if PDL:  # tameshi.kernels: let the next kernel launch, wait for the one before
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     row = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < n
@@ -103,12 +130,18 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     gate_up = gate_up.contiguous()
     out = torch.empty(rows, n, dtype=gate_up.dtype, device=gate_up.device)
     block = 1024
-    _silu_mul_kernel[(rows, triton.cdiv(n, block))](gate_up, out, n, BLOCK=block)
+    _silu_mul_kernel[(rows, triton.cdiv(n, block))](gate_up, out, n, BLOCK=block, **pdl_launch(out.device))
     return out
 
 
 @triton.jit
-def _store_kv_kernel(k_ptr, v_ptr, slots_ptr, k_cache_ptr, v_cache_ptr, k_stride, v_stride, SIZE: tl.constexpr):
+def _store_kv_kernel(
+    k_ptr, v_ptr, slots_ptr, k_cache_ptr, v_cache_ptr, k_stride, v_stride, SIZE: tl.constexpr,
+    PDL: tl.constexpr = False,
+):  # fmt: skip
+    if PDL:  # tameshi.kernels: let the next kernel launch, wait for the one before
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     token = tl.program_id(0)
     cols = tl.arange(0, SIZE)
     slot = tl.load(slots_ptr + token).to(tl.int64)
@@ -130,4 +163,6 @@ def store_kv(
         k_cache.index_copy_(0, slots, k)
         v_cache.index_copy_(0, slots, v)
         return
-    _store_kv_kernel[(t,)](k, v, slots, k_cache, v_cache, k.stride(0), v.stride(0), SIZE=size)
+    _store_kv_kernel[(t,)](
+        k, v, slots, k_cache, v_cache, k.stride(0), v.stride(0), SIZE=size, **pdl_launch(k.device)
+    )

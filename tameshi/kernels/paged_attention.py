@@ -25,6 +25,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from tameshi.kernels.fused import pdl_launch
+
 CHUNK = 64  # context tokens a program loads at once
 SPLITS = 16  # programs per (sequence, KV head); together they cover SPLITS * CHUNK tokens a round
 
@@ -33,8 +35,11 @@ SPLITS = 16  # programs per (sequence, KV head); together they cover SPLITS * CH
 def _paged_decode_kernel(
     q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, acc_ptr, max_ptr, sum_ptr, scale, stride_table, stride_q,
     N_HEADS: tl.constexpr, N_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-    GROUP_PAD: tl.constexpr, CHUNK: tl.constexpr, SPLITS: tl.constexpr,
+    GROUP_PAD: tl.constexpr, CHUNK: tl.constexpr, SPLITS: tl.constexpr, PDL: tl.constexpr = False,
 ):  # fmt: skip
+    if PDL:  # tameshi.kernels: let the next kernel launch, wait for the one before
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -101,27 +106,25 @@ def paged_decode_attention(
         q, k_cache, v_cache, block_tables, context_lens, acc, row_max, row_sum,
         1.0 / math.sqrt(head_dim), block_tables.stride(0), q.stride(0),
         N_HEADS=n_heads, N_KV_HEADS=n_kv_heads, HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
-        GROUP_PAD=max(16, triton.next_power_of_2(group)), CHUNK=CHUNK, SPLITS=SPLITS,
+        GROUP_PAD=max(16, triton.next_power_of_2(group)), CHUNK=CHUNK, SPLITS=SPLITS, **pdl_launch(q.device),
     )  # fmt: skip
     out = torch.empty(b, n_heads, head_dim, device=q.device, dtype=q.dtype)
     _merge_kernel[(b, n_heads)](
-        acc, row_max, row_sum, context_lens, out, HEAD_DIM=head_dim, CHUNK=CHUNK, SPLITS=SPLITS
-    )
+        acc, row_max, row_sum, context_lens, out, HEAD_DIM=head_dim, CHUNK=CHUNK, SPLITS=SPLITS,
+        **pdl_launch(q.device),
+    )  # fmt: skip
     return out
 
 
 @triton.jit
 def _merge_kernel(
-    acc_ptr,
-    max_ptr,
-    sum_ptr,
-    lens_ptr,
-    out_ptr,
-    HEAD_DIM: tl.constexpr,
-    CHUNK: tl.constexpr,
-    SPLITS: tl.constexpr,
-):
+    acc_ptr, max_ptr, sum_ptr, lens_ptr, out_ptr, HEAD_DIM: tl.constexpr, CHUNK: tl.constexpr,
+    SPLITS: tl.constexpr, PDL: tl.constexpr = False,
+):  # fmt: skip
     """Merge one head's splits, weights exp(m_i - max m); the splits that had no chunk wrote nothing."""
+    if PDL:  # tameshi.kernels: let the next kernel launch, wait for the one before
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     seq = tl.program_id(0)
     row = seq * tl.num_programs(1) + tl.program_id(1)  # (seq, head)
     splits = tl.arange(0, SPLITS)
