@@ -131,6 +131,20 @@ def profile_one(llm: LLM, tokens: int) -> None:
             graph.replay()
         torch.cuda.synchronize()
         print(f"graph replay, batch 1: {(time.perf_counter() - start) / 50 * 1000:.3f} ms")
+        # one replay alone, from an idle GPU, against one more behind it: the GPU's wait for the host
+        ms = []
+        for replays in (1, 2):
+            torch.cuda.synchronize()
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            for _ in range(replays):
+                graph.replay()
+            end.record()
+            torch.cuda.synchronize()
+            ms.append(begin.elapsed_time(end))
+        print(
+            f"one replay from idle: {ms[0]:.3f} ms on the GPU clock; a second behind it adds {ms[1] - ms[0]:.3f} ms"
+        )
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     start = time.perf_counter()
