@@ -17,8 +17,17 @@ from tameshi.kernels import pdl
 
 
 def pdl_launch(device: torch.device) -> dict:
-    """The launch arguments of a kernel here that takes PDL (tameshi.kernels): on, where it can be."""
+    """The launch arguments of a kernel that takes PDL (tameshi.kernels): on, where it can be."""
     return {"PDL": True, "launch_pdl": True} if pdl(device) else {}
+
+
+@triton.jit
+def pdl_start(PDL: tl.constexpr):
+    """A PDL kernel's first step when it reads nothing ahead: let the next kernel launch, then wait
+    for the one before (its writes are visible after)."""
+    if PDL:
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
 
 
 @triton.jit
@@ -26,9 +35,7 @@ def _add_rms_norm_kernel(
     x_ptr, delta_ptr, w_ptr, sum_ptr, out_ptr, n, eps, HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr,
     PDL: tl.constexpr = False,
 ):  # fmt: skip
-    if PDL:  # tameshi.kernels: let the next kernel launch, wait for the one before
-        tl.extra.cuda.gdc_launch_dependents()
-        tl.extra.cuda.gdc_wait()
+    pdl_start(PDL)
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     mask = cols < n
@@ -66,17 +73,9 @@ def add_rms_norm(
 
 @triton.jit
 def _rope_kernel(
-    qk_ptr,
-    cos_ptr,
-    sin_ptr,
-    row_stride,
-    HEAD_DIM: tl.constexpr,
-    HALF: tl.constexpr,
-    PDL: tl.constexpr = False,
-):
-    if PDL:  # tameshi.kernels: let the next kernel launch, wait for the one before
-        tl.extra.cuda.gdc_launch_dependents()
-        tl.extra.cuda.gdc_wait()
+    qk_ptr, cos_ptr, sin_ptr, row_stride, HEAD_DIM: tl.constexpr, HALF: tl.constexpr, PDL: tl.constexpr = False
+):  # fmt: skip
+    pdl_start(PDL)
     token = tl.program_id(0)
     head = tl.program_id(1)
     i = tl.arange(0, HALF)
@@ -110,9 +109,7 @@ def rope_(qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 
 @triton.jit
 def _silu_mul_kernel(gu_ptr, out_ptr, n, BLOCK: tl.constexpr, PDL: tl.constexpr = False):
-    if PDL:  # tameshi.kernels: let the next kernel launch, wait for the one before
-        tl.extra.cuda.gdc_launch_dependents()
-        tl.extra.cuda.gdc_wait()
+    pdl_start(PDL)
     row = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < n
@@ -139,9 +136,7 @@ def _store_kv_kernel(
     k_ptr, v_ptr, slots_ptr, k_cache_ptr, v_cache_ptr, k_stride, v_stride, SIZE: tl.constexpr,
     PDL: tl.constexpr = False,
 ):  # fmt: skip
-    if PDL:  # tameshi.kernels: let the next kernel launch, wait for the one before
-        tl.extra.cuda.gdc_launch_dependents()
-        tl.extra.cuda.gdc_wait()
+    pdl_start(PDL)
     token = tl.program_id(0)
     cols = tl.arange(0, SIZE)
     slot = tl.load(slots_ptr + token).to(tl.int64)

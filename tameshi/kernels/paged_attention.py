@@ -25,7 +25,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from tameshi.kernels.fused import pdl_launch
+from tameshi.kernels.fused import pdl_launch, pdl_start
 
 CHUNK = 64  # context tokens a program loads at once
 SPLITS = 16  # programs per (sequence, KV head); together they cover SPLITS * CHUNK tokens a round
@@ -37,9 +37,7 @@ def _paged_decode_kernel(
     N_HEADS: tl.constexpr, N_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     GROUP_PAD: tl.constexpr, CHUNK: tl.constexpr, SPLITS: tl.constexpr, PDL: tl.constexpr = False,
 ):  # fmt: skip
-    if PDL:  # tameshi.kernels: let the next kernel launch, wait for the one before
-        tl.extra.cuda.gdc_launch_dependents()
-        tl.extra.cuda.gdc_wait()
+    pdl_start(PDL)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -122,9 +120,7 @@ def _merge_kernel(
     SPLITS: tl.constexpr, PDL: tl.constexpr = False,
 ):  # fmt: skip
     """Merge one head's splits, weights exp(m_i - max m); the splits that had no chunk wrote nothing."""
-    if PDL:  # tameshi.kernels: let the next kernel launch, wait for the one before
-        tl.extra.cuda.gdc_launch_dependents()
-        tl.extra.cuda.gdc_wait()
+    pdl_start(PDL)
     seq = tl.program_id(0)
     row = seq * tl.num_programs(1) + tl.program_id(1)  # (seq, head)
     splits = tl.arange(0, SPLITS)
