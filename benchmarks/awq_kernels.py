@@ -6,7 +6,8 @@ For each shape and row count M it times:
   tameshi convert   tameshi.kernels.awq_triton.awq_matmul (dequantization fused, split K for decode),
                     the default tiles with codes turned into floats by int-to-float conversions
   tameshi magic     the same tiles with codes turned into floats by exponent bits, not conversions
-                    (MatmulConfig.magic; the tensor-core path only for fp16)
+                    (MatmulConfig.magic; the tensor-core path only for fp16); at one row, products
+                    in fp32 (half2 off: the one-row default before packed fp16 products)
   tameshi deq+mm    awq_dequantize to fp16, then cuBLAS
   tameshi auto      what AWQLinear runs for that M
   torch int4pack    torch's tinygemm (`_weight_int4pack_mm`, bf16, same group size)
@@ -119,20 +120,17 @@ def tinygemm(k: int, n: int):
         return None
 
 
-def sweep_configs(m: int):
-    """Tiles to try at m rows. The non-magic tiles of more than one row were swept before
-    (benchmarks/results/awq-sweep-h100.md)."""
-    if m == 1:  # the magic kernel, looping over its K blocks or loading them as one tensor
-        loop = [
-            MatmulConfig(1, n, 128, s, 4, by_word=True, magic=True)
-            for n in (64, 128)
-            for s in (8, 16, 32, 43)
-        ]
-        whole = [
-            MatmulConfig(1, n, 128, s, w, by_word=True, magic=True, whole_split=True)
-            for n in (32, 64, 128) for s in (4, 8, 16, 32, 43) for w in (2, 4, 8)
+def sweep_configs(m: int, k: int):
+    """Tiles to try at m rows and K = k. The non-magic tiles of more than one row were swept before
+    (benchmarks/results/awq-sweep-h100.md), and the one-row kernel's fp32 products on 2026-12-01
+    (awq-sweep-h200.md: whole split, 64 columns, 2 blocks per program, two warps)."""
+    if m == 1:  # packed fp16 products, one-launch split K: widths, blocks per program, warps
+        blocks = k // 128
+        return [
+            MatmulConfig(1, n, 128, blocks // per, w, by_word=True, magic=True, whole_split=True, fixup=True, half2=True)
+            for n in (64, 128, 256) for per in (1, 2, 4) for w in (2, 4, 8)
+            if blocks % per == 0 and n * per <= 512
         ]  # fmt: skip
-        return loop + whole
     if m <= 16:  # codes two at a time in the tensor-core tile (pairs), or the tile in fp16 (scaled)
         grid = itertools.product((64, 128), (8, 16, 32, 64), (4, 8), (2, 3, 4), (False, True))
         plain = itertools.product(
@@ -152,7 +150,7 @@ def sweep_configs(m: int):
 
 def sweep(x, packs) -> tuple[MatmulConfig | None, float]:
     best: tuple[MatmulConfig | None, float] = (None, float("inf"))
-    for cfg in sweep_configs(x.shape[0]):
+    for cfg in sweep_configs(x.shape[0], x.shape[1]):
         if x.shape[1] % (cfg.block_k * cfg.split_k):
             continue
         try:
@@ -187,7 +185,7 @@ def bench_shape(name: str, k: int, n: int, copy_gbs: float, autoawq) -> list[str
     for m in ROWS:
         x = torch.randn(m, k, device="cuda", dtype=torch.float16)
         xb = x.bfloat16()
-        magic = dataclasses.replace(default_config(m, n, k, GROUP), magic=True)
+        magic = dataclasses.replace(default_config(m, n, k, GROUP), magic=True, half2=False)
         convert = dataclasses.replace(magic, magic=False)
         t = {
             "auto": graph_ms([lambda c=c: c[0](x) for c in copies]),  # noqa: B023
@@ -214,19 +212,24 @@ def bench_shape(name: str, k: int, n: int, copy_gbs: float, autoawq) -> list[str
     return rows
 
 
-def sweep_shape(name: str, k: int, n: int, rows_to_sweep: list[int], grid: bool = True) -> list[str]:
-    packs, paired = [], []
+def sweep_shape(
+    name: str, k: int, n: int, rows_to_sweep: list[int], grid: bool = True, paired_grid: bool = False
+) -> list[str]:
+    """The sweep's best tile, and the default's time on either nibble order (KPacked.paired). The
+    grid runs on AWQLinear's order, or with `paired_grid` on the paired one."""
+    packs, paired, nibbles = [], [], []
     for _ in range(max(2, -(-120 * 2**20 // (k * n // 2)))):  # > 2x L2 in all, as in bench_shape
         checkpoint = random_awq(k, n)
         packs.append(make_layer(k, n, *checkpoint).kernel_weight)
         paired.append(kpack(*checkpoint, GROUP, paired=True))
+        nibbles.append(kpack(*checkpoint, GROUP, paired=False))
     packed = packs[0]
     weight_bytes = sum(t.numel() * t.element_size() for t in (packed.qweight, packed.zeros, packed.scales))
     rows = []
     for m in rows_to_sweep:
         x = torch.randn(m, k, device="cuda", dtype=torch.float16)
-        cfg, ms = sweep(x, packs) if grid else (None, float("inf"))
-        default_ms = graph_ms([lambda p=p: awq_matmul(x, p) for p in packs])  # noqa: B023
+        cfg, ms = sweep(x, paired if paired_grid else packs) if grid else (None, float("inf"))
+        default_ms = graph_ms([lambda p=p: awq_matmul(x, p) for p in nibbles])  # noqa: B023
         paired_ms = graph_ms([lambda p=p: awq_matmul(x, p) for p in paired])  # noqa: B023
         deq_ms = graph_ms([lambda p=p: x @ awq_dequantize(p, x.dtype) for p in packs])  # noqa: B023
         word_ms = graph_ms([lambda p=p: x @ awq_dequantize(p, x.dtype, by_word=True) for p in packs])  # noqa: B023
@@ -245,6 +248,7 @@ def main() -> None:
     ap.add_argument("--sweep-all-shapes", action="store_true", help="sweep o and gate_up too")
     ap.add_argument("--shapes", choices=["67b", "7b"], default="67b", help="whose linears")
     ap.add_argument("--defaults-only", action="store_true", help="with --sweep: time the defaults, no grid")
+    ap.add_argument("--paired", action="store_true", help="with --sweep: the grid on paired nibbles")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
@@ -265,13 +269,15 @@ def main() -> None:
     ]
     if args.sweep:
         lines = [
-            "| shape | M | best config | µs | GB/s | default µs | default µs, paired nibbles | deq+mm µs "
+            "| shape | M | best config | µs | GB/s | default µs, nibbles in order | default µs, paired nibbles | deq+mm µs "
             "| deq by word + mm µs |",
             "|---|---:|---|---:|---:|---:|---:|---:|---:|",
         ]
         shapes = SHAPES_7B if args.shapes == "7b" else SHAPES
         for name in shapes if args.sweep_all_shapes else list(shapes)[::3]:  # qkv and down
-            lines += sweep_shape(name, *shapes[name], args.sweep_rows, grid=not args.defaults_only)
+            lines += sweep_shape(
+                name, *shapes[name], args.sweep_rows, grid=not args.defaults_only, paired_grid=args.paired
+            )
             torch.cuda.empty_cache()
     else:
         for name, (k, n) in SHAPES.items():

@@ -92,6 +92,42 @@ def test_matmul_equals_reference(m, k, n, group, config, dtype, paired):
     torch.testing.assert_close(y.cpu().float(), ref, rtol=eps, atol=eps * ref.abs().max().item())
 
 
+HALF2 = dict(by_word=True, magic=True, whole_split=True, fixup=True, half2=True)
+
+
+@pytest.mark.parametrize("paired", [False, True], ids=["nibbles", "paired"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(
+    ("m", "k", "n", "group", "config"),
+    [
+        (1, 512, 96, 64, MatmulConfig(1, 64, 64, 2, **HALF2)),  # N not a multiple of the tile
+        (2, 512, 256, 128, MatmulConfig(1, 256, 128, 4, **HALF2)),  # the one-row default's form
+    ],
+)
+def test_packed_fp16_products_equal_reference(m, k, n, group, config, dtype, paired):
+    """The one-row kernel's products in packed fp16 (MatmulConfig.half2; bf16 x keeps fp32 products).
+    fp16 rounds each product and each word's sums of four: twice the fp32 products' tolerance."""
+    packed, w = packed_and_reference(k, n, group, seed=m + k + n, paired=paired)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(m)).to(dtype).to(DEVICE)
+    y = awq_matmul(x, packed, config)
+    ref = x.cpu().float() @ w
+    eps = 2**-8 if dtype == torch.bfloat16 else 2**-10
+    torch.testing.assert_close(y.cpu().float(), ref, rtol=eps, atol=eps * ref.abs().max().item())
+
+
+def test_packed_fp16_products_take_outlier_activations():
+    """Activations of several hundred (LLMs' "massive activations" sit in a few channels) stay finite
+    and as exact as the rest: a word's fp16 sums hold 4 products of |c - z| <= 15."""
+    packed, w = packed_and_reference(512, 256, 128, seed=9, paired=True)
+    x = torch.randn(1, 512, generator=torch.Generator().manual_seed(9))
+    x[0, ::61] = 900.0
+    x = x.half().to(DEVICE)
+    y = awq_matmul(x, packed, MatmulConfig(1, 256, 128, 4, **HALF2)).cpu().float()
+    ref = x.cpu().float() @ w
+    assert y.isfinite().all()
+    torch.testing.assert_close(y, ref, rtol=2**-10, atol=2**-10 * ref.abs().max().item())
+
+
 @pytest.mark.parametrize("config", [MatmulConfig(1, 64, 64, 1, by_word=True), MatmulConfig(16, 64, 64, 1)])
 def test_float32_output_is_the_unrounded_accumulator(config):
     """out_dtype=float32 (tensor parallel's partial sums) hands back the fp32 accumulator: as close to
@@ -171,9 +207,9 @@ def test_dequantize_equals_reference(group, paired, by_word):
 
 def test_default_config_splits_k_evenly():
     decode = default_config(1, 8192, 8192, 128)
-    assert decode.block_m == 1 and decode.split_k == 32  # 64 blocks of K, 2 per program
+    assert decode.block_m == 1 and decode.split_k == 64 and decode.half2  # 64 blocks of K, 1 per program
     down = default_config(1, 8192, 22016, 128)  # 172 blocks: the split must divide them
-    assert 172 % down.split_k == 0 and 172 // down.split_k == 2
+    assert 172 % down.split_k == 0 and 172 // down.split_k == 1
     assert default_config(16, 8192, 8192, 128).split_k == 64
     batched = default_config(64, 8192, 22016, 128)  # batched decode: 64-row tiles, 64 of them, K split in 4
     assert (batched.block_m, batched.block_n, batched.split_k) == (64, 128, 4)

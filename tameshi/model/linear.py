@@ -183,7 +183,10 @@ class AWQLinear(_ShardedLinear):
         from tameshi.kernels import awq_triton  # Triton is only needed, and only imported, on CUDA
 
         if self.kernel_weight is None:
-            self.kernel_weight = awq_triton.kpack(self.qweight, self.qzeros, self.scales, self.group_size)
+            # paired nibbles: the one-row kernel's x pairs are single 4-byte loads (8% faster on an H200)
+            self.kernel_weight = awq_triton.kpack(
+                self.qweight, self.qzeros, self.scales, self.group_size, paired=True
+            )
             self._drop_weight()
 
     def _forward_triton(self, x: torch.Tensor) -> torch.Tensor:
