@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
-import itertools
 import sys
 from pathlib import Path
 
@@ -131,20 +130,18 @@ def sweep_configs(m: int, k: int):
             for n in (64, 128, 256) for per in (1, 2, 4) for w in (2, 4, 8)
             if blocks % per == 0 and n * per <= 512
         ]  # fmt: skip
-    if m <= 16:  # codes two at a time in the tensor-core tile (pairs), or the tile in fp16 (scaled)
-        grid = itertools.product((64, 128), (8, 16, 32, 64), (4, 8), (2, 3, 4), (False, True))
-        plain = itertools.product(
-            (16,), (64, 128), (128,), (8, 16, 32, 64), (4, 8), (3,), (False, True), (True,)
-        )
-        return [MatmulConfig(*c) for c in plain] + [
-            MatmulConfig(16, n, 128, split, warps, stages, pairs=True, scaled=scaled)
-            for n, split, warps, stages, scaled in grid
-        ]
-    # 17-64 rows: the fp16 tile (pairs, scaled) at 4 warps, the winner of 2026-12-01's sweep, over
-    # widths, splits and stages (how many programs fill the GPU, and how many fit on an SM)
+    # More rows: the fp16 tile (pairs, scaled) as y^T = W x^T (swap), the weights the dot's first
+    # operand. The tiles without swap were swept on 2026-12-01 (awq-sweep-h200.md): at 4-16 rows the
+    # codes-to-floats tile with 128 columns, 8 warps, one block per program won; at 17-64 rows the
+    # fp16 tile at 4 warps, over widths, splits and stages.
+    blocks = k // 128
+    if m <= 16:  # few rows stream the weights: K split so that a program has 1-8 blocks
+        rows, splits = 16, {blocks // per for per in (1, 2, 4, 8) if blocks % per == 0}
+    else:
+        rows, splits = 64, {split for split in (1, 2, 4) if blocks % split == 0}
     return [
-        MatmulConfig(64, n, 128, split, 4, stages, pairs=True, scaled=True)
-        for n in (32, 64, 128) for split in (1, 2, 4, 8) for stages in (2, 3, 4)
+        MatmulConfig(rows, n, 128, split, 4, stages, pairs=True, scaled=True, swap=True)
+        for n in (64, 128) for split in sorted(splits) for stages in (2, 3)
     ]  # fmt: skip
 
 

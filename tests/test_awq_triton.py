@@ -72,6 +72,9 @@ CASES = [  # m, k, n, group, config (None = the default for the shape)
     (40, 256, 256, 128, MatmulConfig(64, 128, 128, 2, pairs=True)),
     (5, 256, 96, 64, MatmulConfig(16, 64, 64, 2, pairs=True, scaled=True)),  # N not a multiple of the tile
     (40, 256, 256, 128, MatmulConfig(64, 128, 128, 2, pairs=True, scaled=True)),
+    # y^T = W x^T (swap): N not a multiple of the tile, and the 64-row form
+    (5, 256, 96, 64, MatmulConfig(16, 64, 64, 2, pairs=True, scaled=True, swap=True)),
+    (40, 256, 256, 128, MatmulConfig(64, 128, 128, 2, pairs=True, scaled=True, swap=True)),
     # one row, a program's K blocks loaded as one tensor
     (1, 512, 96, 64, MatmulConfig(1, 64, 64, 2, by_word=True, magic=True, whole_split=True)),
     (2, 512, 64, 128, MatmulConfig(1, 32, 128, 1, by_word=True, magic=True, whole_split=True)),
@@ -87,8 +90,10 @@ def test_matmul_equals_reference(m, k, n, group, config, dtype, paired):
     y = awq_matmul(x, packed, config)
     assert y.dtype == dtype and y.shape == (m, n)
     ref = x.cpu().float() @ w
-    # Only the output rounding and fp32 summation order differ from the reference.
-    eps = 2**-8 if dtype == torch.bfloat16 else 2**-11
+    # Only the output rounding and fp32 summation order differ from the reference; or, where the
+    # one-row default takes packed fp16 products, their rounding (test_packed_fp16_products_...).
+    half2 = (config or default_config(m, n, k, group)).half2 and dtype == torch.float16
+    eps = 2**-8 if dtype == torch.bfloat16 else 2**-9 if half2 else 2**-11
     torch.testing.assert_close(y.cpu().float(), ref, rtol=eps, atol=eps * ref.abs().max().item())
 
 
@@ -106,18 +111,19 @@ HALF2 = dict(by_word=True, magic=True, whole_split=True, fixup=True, half2=True)
 )
 def test_packed_fp16_products_equal_reference(m, k, n, group, config, dtype, paired):
     """The one-row kernel's products in packed fp16 (MatmulConfig.half2; bf16 x keeps fp32 products).
-    fp16 rounds each product and each word's sums of four: twice the fp32 products' tolerance."""
+    fp16 rounds each product and the sums of 8 per half-word pair (2e-3 of the largest output, as
+    the GPU tests at the 67B shapes): a wrong nibble, zero or x is off by far more."""
     packed, w = packed_and_reference(k, n, group, seed=m + k + n, paired=paired)
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(m)).to(dtype).to(DEVICE)
     y = awq_matmul(x, packed, config)
     ref = x.cpu().float() @ w
-    eps = 2**-8 if dtype == torch.bfloat16 else 2**-10
+    eps = 2**-8 if dtype == torch.bfloat16 else 2**-9
     torch.testing.assert_close(y.cpu().float(), ref, rtol=eps, atol=eps * ref.abs().max().item())
 
 
 def test_packed_fp16_products_take_outlier_activations():
     """Activations of several hundred (LLMs' "massive activations" sit in a few channels) stay finite
-    and as exact as the rest: a word's fp16 sums hold 4 products of |c - z| <= 15."""
+    and as exact as the rest: a half's fp16 sum holds 8 products of |c - z| <= 15."""
     packed, w = packed_and_reference(512, 256, 128, seed=9, paired=True)
     x = torch.randn(1, 512, generator=torch.Generator().manual_seed(9))
     x[0, ::61] = 900.0
@@ -125,7 +131,7 @@ def test_packed_fp16_products_take_outlier_activations():
     y = awq_matmul(x, packed, MatmulConfig(1, 256, 128, 4, **HALF2)).cpu().float()
     ref = x.cpu().float() @ w
     assert y.isfinite().all()
-    torch.testing.assert_close(y, ref, rtol=2**-10, atol=2**-10 * ref.abs().max().item())
+    torch.testing.assert_close(y, ref, rtol=2**-9, atol=2**-9 * ref.abs().max().item())
 
 
 @pytest.mark.parametrize("config", [MatmulConfig(1, 64, 64, 1, by_word=True), MatmulConfig(16, 64, 64, 1)])
@@ -207,18 +213,23 @@ def test_dequantize_equals_reference(group, paired, by_word):
 
 def test_default_config_splits_k_evenly():
     decode = default_config(1, 8192, 8192, 128)
-    assert decode.block_m == 1 and decode.split_k == 64 and decode.half2  # 64 blocks of K, 1 per program
+    assert decode.block_m == 1 and decode.split_k == 32 and decode.half2  # 64 blocks of K, 2 per program
     down = default_config(1, 8192, 22016, 128)  # 172 blocks: the split must divide them
-    assert 172 % down.split_k == 0 and 172 // down.split_k == 1
-    assert default_config(16, 8192, 8192, 128).split_k == 64
-    batched = default_config(64, 8192, 22016, 128)  # batched decode: 64-row tiles, 64 of them, K split in 4
-    assert (batched.block_m, batched.block_n, batched.split_k) == (64, 128, 4)
-    qkv = default_config(64, 10240, 8192, 128)  # 80 column tiles: split to 256 programs or more
-    assert (qkv.block_n, qkv.split_k, qkv.pairs, qkv.scaled) == (128, 4, True, True)
-    gate_up = default_config(40, 44032, 8192, 128)  # 344 tiles, enough alone
-    assert (gate_up.block_n, gate_up.split_k) == (128, 1)
-    narrow = default_config(64, 4096, 11008, 128)  # 7B down: 32 columns, 86 blocks split in two
-    assert (narrow.block_n, narrow.split_k) == (32, 2)
+    assert 172 % down.split_k == 0 and 172 // down.split_k == 2
+    assert default_config(1, 1536, 576, 64).split_k == 9  # 9 blocks: one per program (a power of two)
+    few = default_config(16, 8192, 8192, 128)  # 64 blocks, 8 per program
+    assert (few.block_m, few.split_k, few.swap) == (16, 8, True)
+    assert (
+        default_config(4, 8192, 22016, 128).split_k == 43
+    )  # 172 blocks: 4 per program, the divisor nearest 8
+    batched = default_config(64, 8192, 22016, 128)  # batched decode: 64-row tiles, 128 of them, K split in 4
+    assert (batched.block_m, batched.block_n, batched.split_k) == (64, 64, 4)
+    qkv = default_config(64, 10240, 8192, 128)  # 160 column tiles: split to 300 programs or more
+    assert (qkv.block_n, qkv.split_k, qkv.pairs, qkv.scaled, qkv.swap) == (64, 2, True, True, True)
+    gate_up = default_config(40, 44032, 8192, 128)  # 688 tiles, enough alone
+    assert (gate_up.block_n, gate_up.split_k) == (64, 1)
+    narrow = default_config(64, 4096, 11008, 128)  # 7B down: 64 tiles, 86 blocks: 43 is the least divisor
+    assert (narrow.block_n, narrow.split_k) == (64, 43)
 
 
 def test_shape_mismatch_is_refused():

@@ -155,7 +155,8 @@ def gate_up_67b():
 
 
 @pytest.mark.parametrize(
-    "variant", ["default", "fixup", "magic", "by_word", "pairs", "scaled", "whole_split", "half2", "paired"]
+    "variant",
+    ["default", "fixup", "magic", "by_word", "pairs", "scaled", "whole_split", "half2", "swap", "paired"],
 )
 @pytest.mark.parametrize("m", [1, 4, 16, 64])
 def test_awq_kernel_variants_at_the_gate_up_shape(request, gate_up_67b, m, variant):
@@ -172,7 +173,7 @@ def test_awq_kernel_variants_at_the_gate_up_shape(request, gate_up_67b, m, varia
     packs, w = gate_up_67b
     packed = packs[variant == "paired"]  # the paired nibble order (KPacked.paired), default tiles
     cfg = default_config(m, 44032, 8192, 128)
-    one_row_only, tile_only = {"whole_split", "half2"}, {"by_word", "pairs", "scaled"}
+    one_row_only, tile_only = {"whole_split", "half2"}, {"by_word", "pairs", "scaled", "swap"}
     if variant in (tile_only if cfg.block_m == 1 else one_row_only):
         pytest.skip(f"{variant} is not a switch of the {'one-row' if cfg.block_m == 1 else 'tile'} kernel")
     if variant == "scaled":

@@ -138,7 +138,7 @@ def _awq_matmul_kernel(
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, BLOCKS_PER_SPLIT: tl.constexpr, USE_DOT: tl.constexpr, DOT_FP32: tl.constexpr,
     BY_WORD: tl.constexpr, MAGIC: tl.constexpr, FIXUP: tl.constexpr, PAIRS: tl.constexpr, SCALED: tl.constexpr,
-    ASM: tl.constexpr, PAIRED: tl.constexpr,
+    ASM: tl.constexpr, PAIRED: tl.constexpr, SWAP: tl.constexpr = False,
 ):  # fmt: skip
     # BLOCKS_PER_SPLIT is a compile-time constant: a loop over a run-time bound trips Triton's
     # interpreter under numpy >= 2.4, and a known trip count pipelines as well.
@@ -154,7 +154,10 @@ def _awq_matmul_kernel(
     w_ptrs = w_ptr + (offs_k // 8)[:, None] * N + offs_n[None, :]
     x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :]
 
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if SWAP:  # y^T = W x^T: the dequantized tile is the dot's first operand, which may stay in registers
+        acc_t = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for i in range(BLOCKS_PER_SPLIT):
         k0 = (pid_k * BLOCKS_PER_SPLIT + i) * BLOCK_K
         if PAIRS:
@@ -184,7 +187,10 @@ def _awq_matmul_kernel(
                 codes = tl.permute(codes, (0, 1, 4, 2, 3))
             codes_t = tl.reshape(codes, (BLOCK_N, BLOCK_K))
             if SCALED:
-                acc = tl.dot(x, tl.trans(codes_t), acc)
+                if SWAP:
+                    acc_t = tl.dot(codes_t, tl.trans(x), acc_t)
+                else:
+                    acc = tl.dot(x, tl.trans(codes_t), acc)
             else:
                 xq = tl.dot(x, tl.trans(codes_t))
                 x_sum = tl.sum(x.to(tl.float32), axis=1)
@@ -215,6 +221,8 @@ def _awq_matmul_kernel(
             s = tl.load(s_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
             acc += s[None, :] * (xq - x_sum[:, None] * z[None, :])
 
+    if SWAP:
+        acc = tl.trans(acc_t)
     y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
     ws_ptrs = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
     mask = mask_m[:, None] & mask_n[None, :]
@@ -324,24 +332,39 @@ def _x_pair(x_at, jj: tl.constexpr, PAIRED: tl.constexpr):
 
 @triton.jit
 def _word_dots_f16x2(words, z16, x_at, ASM: tl.constexpr, PAIRED: tl.constexpr):
-    """Σ x · (c - z) over each word's 8 codes, in packed fp16: words [..., N] int32, zeros z16 fp16
-    broadcastable to them, x_at [...] the pointers to each word's first x -> float32 [..., N].
+    """Σ x · (c - z) over the 16 codes of each two K-adjacent words, in packed fp16: words [B, R, N]
+    int32, zeros z16 [B, 1, N] fp16, x_at [B, R] the pointers to each word's first x -> float32
+    [B, R / 2, N].
 
     One mask (lop3) puts nibbles j and j + 4 under an fp16 exponent, one in each half: under 1024
     (0x6400) a nibble in bits 0-3 of a half is 1024 + c, and under 64 (0x5400) one in bits 4-7 is
     64 + c, as 64's mantissa step is 1/16. So w gives the pairs of nibbles 0 and 1 without a shift,
     w >> 8 those of 2 and 3. Less 1024 + z or 64 + z, a pair is c - z exactly; times x's pair and
-    summed in fp16 (sub.f16x2, fma.rn.f16x2): 4 products per half, then the halves in fp32. That is
-    17 instructions per word against 25 for _pair_products' fp32 products, whose integer and
-    conversion work kept the one-row kernel's issue slots busy. fp16 sums only 4 products of
-    |c - z| <= 15 each, so they overflow only where x nears 1,000 on every one of them."""
+    summed in fp16 (sub.f16x2, fma.rn.f16x2), 8 products per half, then the halves in fp32: about
+    15 instructions per word against 25 for _pair_products' fp32 products, whose integer and
+    conversion work kept the one-row kernel's issue slots busy. A half's fp16 sum overflows only
+    where x nears 550 on all 8 of its products (|c - z| <= 15)."""
     shape: tl.constexpr = words.shape
-    z_lo = tl.broadcast_to(_f16x2(z16 + 1024.0), shape)
-    z_hi = tl.broadcast_to(_f16x2(z16 + 64.0), shape)
-    x0 = tl.broadcast_to(tl.expand_dims(_x_pair(x_at, 0, PAIRED), len(x_at.shape)), shape)
-    x1 = tl.broadcast_to(tl.expand_dims(_x_pair(x_at, 1, PAIRED), len(x_at.shape)), shape)
-    x2 = tl.broadcast_to(tl.expand_dims(_x_pair(x_at, 2, PAIRED), len(x_at.shape)), shape)
-    x3 = tl.broadcast_to(tl.expand_dims(_x_pair(x_at, 3, PAIRED), len(x_at.shape)), shape)
+    half: tl.constexpr = (shape[0], shape[1] // 2, shape[2])
+    if PAIRED:  # a word's 8 x in one 16-byte load, as 4 pairs
+        x_words = x_at.to(tl.pointer_type(tl.int32))
+        xv = tl.load(tl.expand_dims(x_words, 2) + tl.arange(0, 4))
+        x02, x13 = tl.split(tl.reshape(xv, (shape[0], shape[1], 2, 2)))
+        x0, x2 = tl.split(x02)
+        x1, x3 = tl.split(x13)
+    else:
+        x0 = _x_pair(x_at, 0, PAIRED)
+        x1 = _x_pair(x_at, 1, PAIRED)
+        x2 = _x_pair(x_at, 2, PAIRED)
+        x3 = _x_pair(x_at, 3, PAIRED)
+    # rows 2i and 2i + 1 side by side (a, b)
+    w_a, w_b = tl.split(tl.permute(tl.reshape(words, (half[0], half[1], 2, half[2])), (0, 1, 3, 2)))
+    x0a, x0b = _even_odd(x0, half)
+    x1a, x1b = _even_odd(x1, half)
+    x2a, x2b = _even_odd(x2, half)
+    x3a, x3b = _even_odd(x3, half)
+    z_lo = tl.broadcast_to(_f16x2(z16 + 1024.0), half)
+    z_hi = tl.broadcast_to(_f16x2(z16 + 64.0), half)
     if ASM:
         return tl.inline_asm_elementwise(
             """{
@@ -353,29 +376,56 @@ def _word_dots_f16x2(words, z16, x_at, ASM: tl.constexpr, PAIRED: tl.constexpr):
             shr.u32 w8, $1, 8;
             lop3.b32 c, w8, 0x000f000f, 0x64006400, 0xea;
             lop3.b32 d, w8, 0x00f000f0, 0x54005400, 0xea;
-            sub.f16x2 a, a, $2;
-            sub.f16x2 b, b, $3;
-            sub.f16x2 c, c, $2;
-            sub.f16x2 d, d, $3;
-            mul.rn.f16x2 acc, a, $4;
-            fma.rn.f16x2 acc, b, $5, acc;
-            fma.rn.f16x2 acc, c, $6, acc;
-            fma.rn.f16x2 acc, d, $7, acc;
+            sub.f16x2 a, a, $3;
+            sub.f16x2 b, b, $4;
+            sub.f16x2 c, c, $3;
+            sub.f16x2 d, d, $4;
+            mul.rn.f16x2 acc, a, $5;
+            fma.rn.f16x2 acc, b, $6, acc;
+            fma.rn.f16x2 acc, c, $7, acc;
+            fma.rn.f16x2 acc, d, $8, acc;
+            lop3.b32 a, $2, 0x000f000f, 0x64006400, 0xea;
+            lop3.b32 b, $2, 0x00f000f0, 0x54005400, 0xea;
+            shr.u32 w8, $2, 8;
+            lop3.b32 c, w8, 0x000f000f, 0x64006400, 0xea;
+            lop3.b32 d, w8, 0x00f000f0, 0x54005400, 0xea;
+            sub.f16x2 a, a, $3;
+            sub.f16x2 b, b, $4;
+            sub.f16x2 c, c, $3;
+            sub.f16x2 d, d, $4;
+            fma.rn.f16x2 acc, a, $9, acc;
+            fma.rn.f16x2 acc, b, $10, acc;
+            fma.rn.f16x2 acc, c, $11, acc;
+            fma.rn.f16x2 acc, d, $12, acc;
             mov.b32 {l, h}, acc;
             cvt.f32.f16 fl, l;
             cvt.f32.f16 fh, h;
             add.f32 $0, fl, fh;
             }""",
-            "=r,r,r,r,r,r,r,r", [words, z_lo, z_hi, x0, x1, x2, x3],
+            "=r,r,r,r,r,r,r,r,r,r,r,r,r", [w_a, w_b, z_lo, z_hi, x0a, x1a, x2a, x3a, x0b, x1b, x2b, x3b],
             dtype=tl.float32, is_pure=True, pack=1,
         )  # fmt: skip
     else:  # the same arithmetic in fp16 tensors (the interpreter runs no PTX; its fma rounds twice)
-        w8 = words >> 8  # arithmetic shift: the bits it brings in are masked off
-        acc_lo, acc_hi = _f16x2_products((words & 0x000F000F) | 0x64006400, z_lo, x0, 0.0, 0.0)
-        acc_lo, acc_hi = _f16x2_products((words & 0x00F000F0) | 0x54005400, z_hi, x1, acc_lo, acc_hi)
-        acc_lo, acc_hi = _f16x2_products((w8 & 0x000F000F) | 0x64006400, z_lo, x2, acc_lo, acc_hi)
-        acc_lo, acc_hi = _f16x2_products((w8 & 0x00F000F0) | 0x54005400, z_hi, x3, acc_lo, acc_hi)
-        return acc_lo.to(tl.float32) + acc_hi.to(tl.float32)
+        lo, hi = _word_products_f16(w_a, z_lo, z_hi, x0a, x1a, x2a, x3a, 0.0, 0.0)
+        lo, hi = _word_products_f16(w_b, z_lo, z_hi, x0b, x1b, x2b, x3b, lo, hi)
+        return lo.to(tl.float32) + hi.to(tl.float32)
+
+
+@triton.jit
+def _even_odd(t, shape: tl.constexpr):
+    """[B, R] -> its even and odd rows, [B, R / 2] each, broadcast to `shape` [B, R / 2, N]."""
+    even, odd = tl.split(tl.reshape(t, (shape[0], shape[1], 2)))
+    return tl.broadcast_to(tl.expand_dims(even, 2), shape), tl.broadcast_to(tl.expand_dims(odd, 2), shape)
+
+
+@triton.jit
+def _word_products_f16(words, z_lo, z_hi, x0, x1, x2, x3, acc_lo, acc_hi):
+    """One word's 8 products added to fp16 sums, half by half (_word_dots_f16x2 without PTX)."""
+    w8 = words >> 8  # arithmetic shift: the bits it brings in are masked off
+    acc_lo, acc_hi = _f16x2_products((words & 0x000F000F) | 0x64006400, z_lo, x0, acc_lo, acc_hi)
+    acc_lo, acc_hi = _f16x2_products((words & 0x00F000F0) | 0x54005400, z_hi, x1, acc_lo, acc_hi)
+    acc_lo, acc_hi = _f16x2_products((w8 & 0x000F000F) | 0x64006400, z_lo, x2, acc_lo, acc_hi)
+    return _f16x2_products((w8 & 0x00F000F0) | 0x54005400, z_hi, x3, acc_lo, acc_hi)
 
 
 @triton.jit
@@ -541,10 +591,13 @@ class MatmulConfig:
     # one-row kernel with magic: a program's K blocks loaded as one tensor, all loads in flight at once
     # (its blocks per program must be a power of two)
     whole_split: bool = False
-    # one-row kernel, whole split, fp16 x: each word's products in packed fp16 (_word_dots_f16x2):
-    # a third fewer instructions than magic's fp32 products, and fewer registers, which let a
-    # program hold 256 columns' codes in flight (at 64 columns it alone gained nothing)
+    # one-row kernel, whole split, fp16 x: products in packed fp16 (_word_dots_f16x2), 20 instructions
+    # per word in all against 29 for magic's fp32 products (sm_90 SASS), and fewer registers, which
+    # let a program hold 256 columns' codes in flight (at 64 columns alone it gained nothing)
     half2: bool = False
+    # tensor-core tile with pairs and scaled: y^T = W x^T, the dequantized weights as the dot's first
+    # operand (Hopper's wgmma takes that one from registers; the second must be in shared memory)
+    swap: bool = False
 
 
 def default_config(m: int, n: int, k: int, group: int) -> MatmulConfig:
@@ -553,40 +606,44 @@ def default_config(m: int, n: int, k: int, group: int) -> MatmulConfig:
 
     Decode streams every weight once, so the speed is memory parallelism: K is split so that each
     program handles only a few blocks and thousands of programs have loads in flight at once; the
-    partial sums meet in fp32 atomics. One row: CUDA cores, 256 columns and one block of K (16 KB of
-    codes) per program, each word loaded once, products in packed fp16 (H200, 67B shapes, against
-    64 columns, two blocks, fp32 products: gate_up 80.4 -> 62.2 µs, 56% -> 73% of the copy
-    bandwidth; benchmarks/results/awq-kernels-h200.md). A few rows: the tensor-core dot, one block
-    of K per program.
+    partial sums meet in fp32 atomics. One row: CUDA cores, 256 columns and two blocks of K (32 KB
+    of codes) per program, each word loaded once, products in packed fp16, x in 16-byte loads (H200,
+    67B shapes, against 64 columns with fp32 products and x loaded two codes at a time: gate_up 80.4
+    -> 51.5 µs, 56% -> 88% of the copy bandwidth; benchmarks/results/awq-sweep-h200.md). More rows:
+    the tensor-core dot on a tile of fp16 weights (below).
     """
     block_k = next(b for b in (128, 64, 32, 16) if group % b == 0)
     n_blocks = k // block_k
     if m == 1:
-        # one block of K and 256 columns per program, two warps, products in packed fp16
+        # 256 columns and two blocks of K (one where the count is odd) per program, four warps
+        split = n_blocks // 2 if n_blocks % 2 == 0 else n_blocks
         return MatmulConfig(
-            1, 256, block_k, n_blocks, num_warps=2, by_word=True, magic=True, whole_split=True, fixup=True,
+            1, 256, block_k, split, num_warps=4, by_word=True, magic=True, whole_split=True, fixup=True,
             half2=True,
         )  # fmt: skip
-    if m <= 16:
-        return MatmulConfig(16, 128, block_k, _split(n_blocks, per_program=1), num_warps=8)
-    # Up to 64 rows (batched decode): one 64-row tile of fp16 weights, dequantized two codes at a time
-    # (pairs, scaled; by_word and magic are bf16 activations' fallback), 11-20% faster than single
-    # codes by exponent bits on the 67B shapes. Tile width and split from sweeps on an H200 at the 67B
-    # and 7B shapes (benchmarks/results/awq-sweep-h200.md): 128 columns where both K and N are 8192 or
-    # more, else 64 where N is 16384 or more, else 32; K split by the least divisor that gives 256
-    # programs (two per SM). That is each sweep's best width and split but at 7B o (best unsplit).
-    # Pipeline stages: two at 128 columns, three below. Deeper pipelines take shared memory and can
-    # leave a wave of programs for a second round: 32 columns with four stages took 7B qkv from 41
-    # to 56 µs, and 64 columns with four 67B qkv from 73 to 106.
     if block_k < 64:  # groups of 32 or less: Triton 3.6-3.9 fail to compile the pairs tile 32 x 32
+        if m <= 16:
+            return MatmulConfig(16, 128, block_k, _split(n_blocks, per_program=1), num_warps=8)
         split = 2 if n // 64 < 150 and n_blocks % 2 == 0 else 1
         return MatmulConfig(64, 64, block_k, split, num_warps=4, by_word=True, magic=True)
-    block_n = 128 if k >= 8192 and n >= 8192 else 64 if n >= 16384 else 32
+    # 2-64 rows: a tile of fp16 weights, dequantized two codes at a time (pairs, scaled; by_word and
+    # magic are bf16 activations' fallback), computed as y^T = W x^T (swap) so that Hopper's wgmma
+    # takes the weights from registers. H200 sweep at the 67B shapes against the tiles before swap
+    # (benchmarks/results/awq-sweep-h200.md): at 4 rows qkv 51.6 -> 32.7 µs and gate_up 199 -> 114,
+    # at 64 rows 71.0 -> 53.0 and 206 -> 161. 64 columns (wgmma's least M); up to 16 rows, a 16-row
+    # tile with 8 blocks of K per program (or the nearest divisor); up to 64, a 64-row tile and K
+    # split by the least divisor that gives 300 programs or more.
+    block_n = 64
+    if m <= 16:
+        return MatmulConfig(
+            16, block_n, block_k, _split(n_blocks, per_program=8), num_warps=4, num_stages=3,
+            pairs=True, scaled=True, swap=True,
+        )  # fmt: skip
     tiles = -(-n // block_n)
-    split = next((d for d in range(1, n_blocks + 1) if n_blocks % d == 0 and tiles * d >= 256), n_blocks)
+    split = next((d for d in range(1, n_blocks + 1) if n_blocks % d == 0 and tiles * d >= 300), n_blocks)
     return MatmulConfig(
-        64, block_n, block_k, split, num_warps=4, num_stages=2 if block_n == 128 else 3,
-        by_word=True, magic=True, pairs=True, scaled=True,
+        64, block_n, block_k, split, num_warps=4, num_stages=3,
+        by_word=True, magic=True, pairs=True, scaled=True, swap=True,
     )  # fmt: skip
 
 
@@ -671,6 +728,7 @@ def kernel_constants(
         DOT_FP32=dtype == torch.bfloat16 and interpreted(), BY_WORD=cfg.by_word,
         MAGIC=cfg.magic and cfg.block_m > 1 and fp16, FIXUP=fixup,
         PAIRS=cfg.pairs and cfg.block_m > 1 and fp16, SCALED=cfg.scaled, ASM=asm, PAIRED=paired,
+        SWAP=cfg.swap and cfg.pairs and cfg.scaled and cfg.block_m > 1 and fp16,
     )  # fmt: skip
 
 
