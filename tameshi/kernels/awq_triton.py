@@ -632,7 +632,9 @@ def default_config(m: int, n: int, k: int, group: int) -> MatmulConfig:
     # (benchmarks/results/awq-sweep-h200.md): at 4 rows qkv 51.6 -> 32.7 µs and gate_up 199 -> 114,
     # at 64 rows 71.0 -> 53.0 and 206 -> 161. 64 columns (wgmma's least M); up to 16 rows, a 16-row
     # tile with 8 blocks of K per program (or the nearest divisor); up to 64, a 64-row tile and K
-    # split by the least divisor that gives 300 programs or more.
+    # split by the least divisor that gives 300 programs or more, with two pipeline stages where
+    # that split is 4 or more (the sweep's best at o and down, split 4: 51.7 -> 41.3 and 109 -> 88
+    # µs against three) and three below (its best at qkv, split 2, and gate_up, unsplit).
     block_n = 64
     if m <= 16:
         return MatmulConfig(
@@ -642,7 +644,7 @@ def default_config(m: int, n: int, k: int, group: int) -> MatmulConfig:
     tiles = -(-n // block_n)
     split = next((d for d in range(1, n_blocks + 1) if n_blocks % d == 0 and tiles * d >= 300), n_blocks)
     return MatmulConfig(
-        64, block_n, block_k, split, num_warps=4, num_stages=3,
+        64, block_n, block_k, split, num_warps=4, num_stages=2 if split >= 4 else 3,
         by_word=True, magic=True, pairs=True, scaled=True, swap=True,
     )  # fmt: skip
 
