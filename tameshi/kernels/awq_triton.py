@@ -318,16 +318,12 @@ def _f16x2(h):
 
 
 @triton.jit
-def _x_pair(x_at, jj: tl.constexpr, PAIRED: tl.constexpr):
-    """The x of the two codes that nibbles jj and jj + 4 hold (_pair_codes), packed low, high in an int32.
-    Paired words hold K-adjacent codes: both x in one 4-byte load."""
-    j_lo, j_hi = _pair_codes(jj, PAIRED)
-    if PAIRED:
-        return tl.load((x_at + j_lo).to(tl.pointer_type(tl.int32)))
-    else:
-        lo = tl.load(x_at + j_lo).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-        hi = tl.load(x_at + j_hi).to(tl.int16, bitcast=True).to(tl.int32)
-        return lo | (hi << 16)
+def _x_pair(x_at, jj: tl.constexpr):
+    """The x of codes jj and jj + 4 (nibbles jj and jj + 4 of a word in natural order), packed low,
+    high in an int32 (paired words' x pairs are K-adjacent: _word_dots_f16x2 loads them whole)."""
+    lo = tl.load(x_at + jj).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    hi = tl.load(x_at + jj + 4).to(tl.int16, bitcast=True).to(tl.int32)
+    return lo | (hi << 16)
 
 
 @triton.jit
@@ -340,10 +336,11 @@ def _word_dots_f16x2(words, z16, x_at, ASM: tl.constexpr, PAIRED: tl.constexpr):
     (0x6400) a nibble in bits 0-3 of a half is 1024 + c, and under 64 (0x5400) one in bits 4-7 is
     64 + c, as 64's mantissa step is 1/16. So w gives the pairs of nibbles 0 and 1 without a shift,
     w >> 8 those of 2 and 3. Less 1024 + z or 64 + z, a pair is c - z exactly; times x's pair and
-    summed in fp16 (sub.f16x2, fma.rn.f16x2), 8 products per half, then the halves in fp32: about
-    15 instructions per word against 25 for _pair_products' fp32 products, whose integer and
-    conversion work kept the one-row kernel's issue slots busy. A half's fp16 sum overflows only
-    where x nears 550 on all 8 of its products (|c - z| <= 15)."""
+    summed in fp16 (sub.f16x2, fma.rn.f16x2), 8 products per half, then the halves in fp32: 14.5
+    PTX instructions per word. The one-row kernel's arithmetic, not its loads, is what holds it
+    below the bandwidth (benchmarks/awq_load_ceiling.py); with these products it runs 23 SASS
+    instructions per word against 42 with _pair_products' fp32 ones. A half's fp16 sum overflows
+    only where x nears 550 on all 8 of its products (|c - z| <= 15)."""
     shape: tl.constexpr = words.shape
     half: tl.constexpr = (shape[0], shape[1] // 2, shape[2])
     if PAIRED:  # a word's 8 x in one 16-byte load, as 4 pairs
@@ -353,10 +350,10 @@ def _word_dots_f16x2(words, z16, x_at, ASM: tl.constexpr, PAIRED: tl.constexpr):
         x0, x2 = tl.split(x02)
         x1, x3 = tl.split(x13)
     else:
-        x0 = _x_pair(x_at, 0, PAIRED)
-        x1 = _x_pair(x_at, 1, PAIRED)
-        x2 = _x_pair(x_at, 2, PAIRED)
-        x3 = _x_pair(x_at, 3, PAIRED)
+        x0 = _x_pair(x_at, 0)
+        x1 = _x_pair(x_at, 1)
+        x2 = _x_pair(x_at, 2)
+        x3 = _x_pair(x_at, 3)
     # rows 2i and 2i + 1 side by side (a, b)
     w_a, w_b = tl.split(tl.permute(tl.reshape(words, (half[0], half[1], 2, half[2])), (0, 1, 3, 2)))
     x0a, x0b = _even_odd(x0, half)
@@ -591,9 +588,9 @@ class MatmulConfig:
     # one-row kernel with magic: a program's K blocks loaded as one tensor, all loads in flight at once
     # (its blocks per program must be a power of two)
     whole_split: bool = False
-    # one-row kernel, whole split, fp16 x: products in packed fp16 (_word_dots_f16x2), 20 instructions
-    # per word in all against 29 for magic's fp32 products (sm_90 SASS), and fewer registers, which
-    # let a program hold 256 columns' codes in flight (at 64 columns alone it gained nothing)
+    # one-row kernel, whole split, fp16 x: products in packed fp16 (_word_dots_f16x2), 23 instructions
+    # per word in all against 42 for magic's fp32 products (sm_90 SASS, the default tile), and fewer
+    # registers, which let a program hold 256 columns' codes in flight
     half2: bool = False
     # tensor-core tile with pairs and scaled: y^T = W x^T, the dequantized weights as the dot's first
     # operand (Hopper's wgmma takes that one from registers; the second must be in shared memory)
@@ -699,7 +696,7 @@ def launch(
     kernel, consts = kernel_constants(cfg, k, packed.group, x.dtype, packed.paired, with_pdl)
     sizes = (n,) if kernel is _awq_gemv_kernel else (m, n)
     if consts.get("HALF2") and packed.paired and (x.data_ptr() % 4 or x.stride(0) % 2):
-        consts["HALF2"] = False  # its x pairs are 4-byte loads
+        consts["HALF2"] = False  # it reads paired words' x as int32 words
     if kernel is _awq_gemv_kernel and with_pdl:
         consts["launch_pdl"] = True
     kernel[grid](
