@@ -25,6 +25,9 @@ def step_rows(steps: dict | None) -> list[str]:
             f"{steps['decode_rows'] / steps['decode_steps']:.1f} (ms per step) "
             f"| {1000 * steps['decode_s'] / steps['decode_steps']:.1f} | – | – |"
         )
+        rows.append(
+            f"| … tokens/s over the decode steps alone | {steps['decode_rows'] / steps['decode_s']:,.0f} | – | – |"
+        )
     return rows
 
 

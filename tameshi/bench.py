@@ -77,7 +77,8 @@ class BenchResult:
             rows.append((
                 "  of which decode steps",
                 f"{t.decode_s:.2f} s: {t.decode_steps} steps, {1000 * t.decode_s / t.decode_steps:.1f} ms each "
-                f"at {t.decode_rows / t.decode_steps:.1f} sequences on average",
+                f"at {t.decode_rows / t.decode_steps:.1f} sequences on average, "
+                f"{t.decode_rows / t.decode_s:,.0f} tokens/s",
             ))  # fmt: skip
         return rows
 

@@ -38,7 +38,10 @@ def test_bench_on_a_synthetic_awq_model(tmp_path, capsys):
     steps = r["concurrent_steps"]
     assert steps["prefill_tokens"] == 3 * 16 and steps["decode_rows"] == 3 * 7
     assert steps["prefill_s"] > 0 and steps["decode_s"] > 0
-    assert "of which decode steps" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "of which decode steps" in printed
+    want_tps = f"{steps['decode_rows'] / steps['decode_s']:,.0f} tokens/s"
+    assert want_tps in printed  # the decode steps' own rate, beside their time
 
 
 def test_weight_bytes_count_a_tied_head_once():
