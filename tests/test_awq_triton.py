@@ -219,20 +219,13 @@ def test_default_config_splits_k_evenly():
     assert default_config(1, 1536, 576, 64).split_k == 9  # 9 blocks: one per program (a power of two)
     few = default_config(16, 8192, 8192, 128)  # 64 blocks, 8 per program
     assert (few.block_m, few.split_k, few.swap) == (16, 8, True)
-    assert (
-        default_config(4, 8192, 22016, 128).split_k == 43
-    )  # 172 blocks: 4 per program, the divisor nearest 8
+    few_down = default_config(4, 8192, 22016, 128)  # 172 blocks: 4 per program, the divisor nearest 8
+    assert few_down.split_k == 43
     batched = default_config(64, 8192, 22016, 128)  # batched decode: 64-row tiles, 128 of them, K split in 4
     assert (batched.block_m, batched.block_n, batched.split_k, batched.num_stages) == (64, 64, 4, 2)
     qkv = default_config(64, 10240, 8192, 128)  # 160 column tiles: split to 300 programs or more
-    assert (qkv.block_n, qkv.split_k, qkv.num_stages, qkv.pairs, qkv.scaled, qkv.swap) == (
-        64,
-        2,
-        3,
-        True,
-        True,
-        True,
-    )
+    assert (qkv.block_n, qkv.split_k, qkv.num_stages) == (64, 2, 3)
+    assert qkv.pairs and qkv.scaled and qkv.swap
     gate_up = default_config(40, 44032, 8192, 128)  # 688 tiles, enough alone
     assert (gate_up.block_n, gate_up.split_k) == (64, 1)
     narrow = default_config(64, 4096, 11008, 128)  # 7B down: 64 tiles, 86 blocks: 43 is the least divisor
