@@ -127,9 +127,9 @@ def _apply_repetition_penalty(
     batch, vocab = scores.shape
     # pad (and clamp stray ids) to column `vocab`, dropped after the scatter, as HF does for ids past
     # lm_head; one padded copy to the device for the whole batch
-    rows = [h.tolist() if isinstance(h, torch.Tensor) else list(h) for h in history]
+    rows = [h.tolist() if isinstance(h, torch.Tensor) else h for h in history]
     width = max(map(len, rows), default=0)
-    padded = [row + [vocab] * (width - len(row)) for row in rows]
+    padded = [[*row, *[vocab] * (width - len(row))] for row in rows]  # new lists: histories stay as they are
     ids = _host_to_device(padded, torch.long, scores.device).view(batch, width).clamp_(max=vocab)
     seen = torch.zeros(batch, vocab + 1, dtype=torch.bool, device=scores.device)
     seen.scatter_(1, ids, True)

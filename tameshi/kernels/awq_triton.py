@@ -326,6 +326,39 @@ def _x_pair(x_at, jj: tl.constexpr):
     return lo | (hi << 16)
 
 
+# One word's 8 products added into the packed fp16 sum `acc` (_word_dots_f16x2): the word in
+# operand {w}, the zero pairs (1024 + z, 64 + z) in $3 and $4, its x pairs in {x0}..{x3}.
+_WORD_PTX = """
+            lop3.b32 a, {w}, 0x000f000f, 0x64006400, 0xea;
+            lop3.b32 b, {w}, 0x00f000f0, 0x54005400, 0xea;
+            shr.u32 w8, {w}, 8;
+            lop3.b32 c, w8, 0x000f000f, 0x64006400, 0xea;
+            lop3.b32 d, w8, 0x00f000f0, 0x54005400, 0xea;
+            sub.f16x2 a, a, $3;
+            sub.f16x2 b, b, $4;
+            sub.f16x2 c, c, $3;
+            sub.f16x2 d, d, $4;
+            {first} acc, a, {x0}{acc};
+            fma.rn.f16x2 acc, b, {x1}, acc;
+            fma.rn.f16x2 acc, c, {x2}, acc;
+            fma.rn.f16x2 acc, d, {x3}, acc;"""
+# Two words (operands $1 and $2, x pairs $5-$8 and $9-$12) into one fp16 sum, its halves added in fp32.
+_WORD_PAIR_DOTS_PTX = tl.constexpr(
+    """{
+            .reg .b32 a, b, c, d, w8, acc;
+            .reg .f16 l, h;
+            .reg .f32 fl, fh;"""
+    + _WORD_PTX.format(w="$1", x0="$5", x1="$6", x2="$7", x3="$8", first="mul.rn.f16x2", acc="")
+    + _WORD_PTX.format(w="$2", x0="$9", x1="$10", x2="$11", x3="$12", first="fma.rn.f16x2", acc=", acc")
+    + """
+            mov.b32 {l, h}, acc;
+            cvt.f32.f16 fl, l;
+            cvt.f32.f16 fh, h;
+            add.f32 $0, fl, fh;
+            }"""
+)
+
+
 @triton.jit
 def _word_dots_f16x2(words, z16, x_at, ASM: tl.constexpr, PAIRED: tl.constexpr):
     """Σ x · (c - z) over the 16 codes of each two K-adjacent words, in packed fp16: words [B, R, N]
@@ -364,41 +397,7 @@ def _word_dots_f16x2(words, z16, x_at, ASM: tl.constexpr, PAIRED: tl.constexpr):
     z_hi = tl.broadcast_to(_f16x2(z16 + 64.0), half)
     if ASM:
         return tl.inline_asm_elementwise(
-            """{
-            .reg .b32 a, b, c, d, w8, acc;
-            .reg .f16 l, h;
-            .reg .f32 fl, fh;
-            lop3.b32 a, $1, 0x000f000f, 0x64006400, 0xea;
-            lop3.b32 b, $1, 0x00f000f0, 0x54005400, 0xea;
-            shr.u32 w8, $1, 8;
-            lop3.b32 c, w8, 0x000f000f, 0x64006400, 0xea;
-            lop3.b32 d, w8, 0x00f000f0, 0x54005400, 0xea;
-            sub.f16x2 a, a, $3;
-            sub.f16x2 b, b, $4;
-            sub.f16x2 c, c, $3;
-            sub.f16x2 d, d, $4;
-            mul.rn.f16x2 acc, a, $5;
-            fma.rn.f16x2 acc, b, $6, acc;
-            fma.rn.f16x2 acc, c, $7, acc;
-            fma.rn.f16x2 acc, d, $8, acc;
-            lop3.b32 a, $2, 0x000f000f, 0x64006400, 0xea;
-            lop3.b32 b, $2, 0x00f000f0, 0x54005400, 0xea;
-            shr.u32 w8, $2, 8;
-            lop3.b32 c, w8, 0x000f000f, 0x64006400, 0xea;
-            lop3.b32 d, w8, 0x00f000f0, 0x54005400, 0xea;
-            sub.f16x2 a, a, $3;
-            sub.f16x2 b, b, $4;
-            sub.f16x2 c, c, $3;
-            sub.f16x2 d, d, $4;
-            fma.rn.f16x2 acc, a, $9, acc;
-            fma.rn.f16x2 acc, b, $10, acc;
-            fma.rn.f16x2 acc, c, $11, acc;
-            fma.rn.f16x2 acc, d, $12, acc;
-            mov.b32 {l, h}, acc;
-            cvt.f32.f16 fl, l;
-            cvt.f32.f16 fh, h;
-            add.f32 $0, fl, fh;
-            }""",
+            _WORD_PAIR_DOTS_PTX,
             "=r,r,r,r,r,r,r,r,r,r,r,r,r", [w_a, w_b, z_lo, z_hi, x0a, x1a, x2a, x3a, x0b, x1b, x2b, x3b],
             dtype=tl.float32, is_pure=True, pack=1,
         )  # fmt: skip
