@@ -1,6 +1,6 @@
 """AWQ 4-bit matmul kernels at DeepSeek-LLM-67B's layer shapes, side by side, on one GPU.
 
-    python benchmarks/awq_kernels.py [--sweep] [--out benchmarks/results/awq-kernels-h100.md]
+    python benchmarks/awq_kernels.py [--sweep | --invariant] [--out benchmarks/results/awq-kernels-h100.md]
 
 For each shape and row count M it times:
   tameshi convert   tameshi.kernels.awq_triton.awq_matmul (dequantization fused, split K for decode),
@@ -32,7 +32,14 @@ import torch
 import triton
 import triton.testing
 
-from tameshi.kernels.awq_triton import MatmulConfig, awq_dequantize, awq_matmul, default_config, kpack
+from tameshi.kernels.awq_triton import (
+    MatmulConfig,
+    awq_dequantize,
+    awq_matmul,
+    default_config,
+    invariant_config,
+    kpack,
+)
 from tameshi.loading.awq import AWQConfig
 from tameshi.model.linear import AWQLinear
 
@@ -49,6 +56,7 @@ SHAPES_7B = {  # DeepSeek-LLM-7B's (no grouped KV heads)
     "7B down 11008→4096": (11008, 4096),
 }
 ROWS = (1, 4, 16, 64, 512)
+INVARIANT_ROWS = (1, 4, 16, 32, 64, 512, 2048)
 GROUP = 128
 
 
@@ -238,6 +246,28 @@ def sweep_shape(
     return rows
 
 
+def invariant_shape(name: str, k: int, n: int) -> list[str]:
+    """AWQLinear batch-invariant (EngineConfig.batch_invariant) beside its default, per row count."""
+    layers = []
+    for _ in range(max(2, -(-120 * 2**20 // (k * n // 2)))):  # > 2x L2 in all, as in bench_shape
+        layers.append(make_layer(k, n, *random_awq(k, n)))
+    rows = []
+    for m in INVARIANT_ROWS:
+        x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+        t = {}
+        for mode in (False, True):
+            for layer in layers:
+                layer.batch_invariant = mode
+            t[mode] = graph_ms([lambda layer=layer: layer(x) for layer in layers])  # noqa: B023
+        config = invariant_config(m, n, k, GROUP, x.dtype)
+        tile = f"{config.block_m} rows, split {config.split_k}"
+        rows.append(
+            f"| {name} | {m} | {t[False] * 1000:.1f} | {t[True] * 1000:.1f} | {t[True] / t[False]:.2f}× | {tile} |"
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sweep", action="store_true", help="search tile configs instead (qkv and down shapes)")
@@ -246,6 +276,7 @@ def main() -> None:
     ap.add_argument("--shapes", choices=["67b", "7b"], default="67b", help="whose linears")
     ap.add_argument("--defaults-only", action="store_true", help="with --sweep: time the defaults, no grid")
     ap.add_argument("--paired", action="store_true", help="with --sweep: the grid on paired nibbles")
+    ap.add_argument("--invariant", action="store_true", help="batch-invariant tiles beside the defaults")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
@@ -264,7 +295,18 @@ def main() -> None:
         "| AutoAWQ triton | auto GB/s | auto % copy | auto vs AutoAWQ | auto, eager |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    if args.sweep:
+    if args.invariant:
+        lines = [
+            f"Batch-invariant AWQLinear (`invariant_config`) beside the default, {torch.cuda.get_device_name()}, "
+            "µs per call inside a CUDA graph",
+            "",
+            "| shape | M | default µs | invariant µs | invariant / default | invariant tile |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
+        for name, (k, n) in SHAPES.items():
+            lines += invariant_shape(name, k, n)
+            torch.cuda.empty_cache()
+    elif args.sweep:
         lines = [
             "| shape | M | best config | µs | GB/s | default µs, nibbles in order | default µs, paired nibbles | deq+mm µs "
             "| deq by word + mm µs |",

@@ -31,7 +31,33 @@ def step_rows(steps: dict | None) -> list[str]:
     return rows
 
 
-def main(preset: str, ours_file: str, peer_file: str) -> None:
+def invariant_rows(inv: dict, ours: dict) -> list[str]:
+    """The same bench with EngineConfig.batch_invariant on, beside the default run."""
+
+    def steps_tps(run: dict) -> str:
+        steps = run.get("concurrent_steps") or {}
+        return f"{steps['decode_rows'] / steps['decode_s']:,.0f}" if steps.get("decode_steps") else "–"
+
+    return [
+        "",
+        "## Batch-invariant mode (`tameshi bench --batch-invariant`), same checkpoint and machine",
+        "",
+        "| measure | invariant | default | invariant / default |",
+        "|---|---:|---:|---:|",
+        f"| batch-1 decode (tokens/s) | {inv['decode_tps']:.1f} | {ours['decode_tps']:.1f} "
+        f"| {inv['decode_tps'] / ours['decode_tps']:.2f} |",
+        f"| TTFT, {inv['ttft_prompt_len']}-token prompt (s) | {inv['ttft_s']:.3f} | {ours['ttft_s']:.3f} "
+        f"| {inv['ttft_s'] / ours['ttft_s']:.2f} |",
+        f"| aggregate, {inv['concurrency']} concurrent, prefills included (tokens/s) "
+        f"| {inv['aggregate_tps']:.0f} | {ours['aggregate_tps']:.0f} | {inv['aggregate_tps'] / ours['aggregate_tps']:.2f} |",
+        f"| … over the decode steps alone (tokens/s) | {steps_tps(inv)} | {steps_tps(ours)} | |",
+        f"| greedy batch outputs equal to solo runs (equal prefix, tokens) | {inv['solo_equal']}/"
+        f"{inv['solo_checked']} ({', '.join(map(str, inv['solo_common_prefix']))}) "
+        f"| {ours['solo_equal']}/{ours['solo_checked']} | |",
+    ]
+
+
+def main(preset: str, ours_file: str, peer_file: str, invariant_file: str | None = None) -> None:
     ours = json.loads(Path(ours_file).read_text())
     peer = json.loads(Path(peer_file).read_text())
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
@@ -66,8 +92,10 @@ def main(preset: str, ours_file: str, peer_file: str) -> None:
         "",
         f"Weights read per token: {ours['weight_gb']:.2f} GB.",
     ]
+    if invariant_file:
+        lines += invariant_rows(json.loads(Path(invariant_file).read_text()), ours)
     print("\n".join(lines))
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])

@@ -44,6 +44,7 @@ class BenchResult:
     solo_common_prefix: list[int]  # per checked request: tokens equal before the first difference
     peak_gpu_gb: float
     peak_host_gb: float
+    batch_invariant: bool = False  # EngineConfig.batch_invariant: batch outputs must equal solo bit for bit
     tp: int = 1  # tensor-parallel ranks: weight bytes, copy bandwidth and GPU memory are one rank's
     # per checked request that differs: the solo run's top-1 minus top-2 logprob where they part, and
     # whether the batch took the solo run's second choice there (a near tie, not a batching bug)
@@ -96,6 +97,7 @@ class BenchResult:
                 "device / dtype",
                 f"{self.device} / {self.dtype}" + (f" × {self.tp} ranks" if self.tp > 1 else ""),
             ),
+            ("batch-invariant mode", "on" if self.batch_invariant else "off"),
             ("weights read per token" + per_gpu, f"{self.weight_gb:.2f} GB"),
             ("load time", f"{self.load_s:.1f} s"),
             ("KV cache capacity", f"{self.kv_tokens:,} tokens"),
@@ -283,5 +285,5 @@ def run_bench(
         aggregate_tps=aggregate, solo_checked=checked, solo_equal=equal,
         solo_common_prefix=prefixes, solo_part_margin=margins, solo_part_second=seconds,
         peak_gpu_gb=peak_gpu,
-        peak_host_gb=rss / 1e9, tp=model.tp.world if model.tp is not None else 1, concurrent_steps=steps,
+        peak_host_gb=rss / 1e9, batch_invariant=engine.config.batch_invariant, tp=model.tp.world if model.tp is not None else 1, concurrent_steps=steps,
     )  # fmt: skip

@@ -223,6 +223,14 @@ def info(
 
 
 _SERVE = ServerConfig()
+BatchInvariantOpt = Annotated[
+    bool,
+    typer.Option(
+        "--batch-invariant",
+        help="Each request's outputs bit for bit as if it ran alone, whatever it is batched with "
+        "(slower at small batches and in prefill).",
+    ),
+]
 
 
 @app.command()
@@ -250,6 +258,7 @@ def serve(
         int, typer.Option(help="Engine requests in flight before 429.")
     ] = _SERVE.max_concurrent,
     max_model_len: Annotated[int | None, typer.Option(help="Context window (default: the model's).")] = None,
+    batch_invariant: BatchInvariantOpt = False,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
@@ -274,7 +283,7 @@ def serve(
         max_n=max_n, max_tokens=max_tokens, max_prompt_tokens=max_prompt_tokens, max_logprobs=max_logprobs,
         max_body_bytes=max_body_bytes, max_concurrent=max_concurrent,
     )  # fmt: skip
-    engine_config = EngineConfig(max_model_len=max_model_len)
+    engine_config = EngineConfig(max_model_len=max_model_len, batch_invariant=batch_invariant)
     llm = LLM(model, device=device, dtype=dtype, quantize=quantize, engine_config=engine_config, tp=tp)
     try:
         engine = llm.async_engine_for_this_thread()  # the thread that loaded the model steps it
@@ -366,6 +375,7 @@ def bench(
         int, typer.Option(help="Requests of the concurrent batch rerun alone; greedy outputs must match.")
     ] = 2,
     json_out: Annotated[str | None, typer.Option("--json", help="Also write the results here.")] = None,
+    batch_invariant: BatchInvariantOpt = False,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     quantize: QuantOpt = None,
@@ -406,7 +416,7 @@ def bench(
             subprocess.run(cmd, check=True)
         model = str(folder)
     start = time.perf_counter()
-    config = EngineConfig(max_num_seqs=max(concurrency, 1))
+    config = EngineConfig(max_num_seqs=max(concurrency, 1), batch_invariant=batch_invariant)
     llm = LLM(model, device=device, dtype=dtype, quantize=quantize, engine_config=config, tp=tp)
     load_s = time.perf_counter() - start
     result = run_bench(

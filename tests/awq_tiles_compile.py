@@ -1,4 +1,4 @@
-"""Compile AWQLinear's default tiles (both nibble orders of KPacked) and the decode step's other
+"""Compile AWQLinear's default and batch-invariant tiles (both nibble orders of KPacked) and the decode step's other
 kernels, with PDL, for an sm_90 GPU on any machine (Triton's own compiler and ptxas, no GPU needed):
 a tile Triton cannot compile is found here, not on the first GPU that runs it.
 
@@ -20,6 +20,7 @@ from tameshi.kernels.awq_triton import (
     _awq_dequantize_kernel,
     _awq_gemv_kernel,
     default_config,
+    invariant_config,
     kernel_constants,
 )
 
@@ -28,6 +29,7 @@ SHAPES = [(8192, 10240), (8192, 8192), (8192, 44032), (22016, 8192), (4096, 1228
           (4096, 22016), (11008, 4096), (576, 1536), (1536, 576), (128, 256), (256, 128)]  # fmt: skip
 GROUPS = (32, 64, 128)
 ROWS = (1, 4, 64)
+INVARIANT_ROWS = (1, 64, 512)  # invariant_config's three tiles (16, 64 and 128 rows)
 
 
 def signature(kernel, consts: dict, dtype: torch.dtype) -> dict:
@@ -42,11 +44,12 @@ def signature(kernel, consts: dict, dtype: torch.dtype) -> dict:
 def main() -> int:
     seen, failed = set(), []
     target = GPUTarget("cuda", 90, 32)
-    grid = itertools.product(SHAPES, GROUPS, ROWS, (torch.float16, torch.bfloat16), (False, True))
-    for (k, n), group, m, dtype, paired in grid:
+    tiles = [(m, False) for m in ROWS] + [(m, True) for m in INVARIANT_ROWS]
+    grid = itertools.product(SHAPES, GROUPS, tiles, (torch.float16, torch.bfloat16), (False, True))
+    for (k, n), group, (m, invariant), dtype, paired in grid:
         if k % group:
             continue
-        cfg = default_config(m, n, k, group)
+        cfg = invariant_config(m, n, k, group, dtype) if invariant else default_config(m, n, k, group)
         kernel, consts = kernel_constants(cfg, k, group, dtype, paired, with_pdl=True)
         consts["ASM"] = True  # as on a GPU, where sm_90 launches with PDL
         key = (kernel.__name__, tuple(sorted(consts.items())), cfg.num_warps, cfg.num_stages, dtype)
@@ -65,7 +68,8 @@ def main() -> int:
             compile(ASTSource(kernel, sig, consts, attrs), target=target, options=options)
         except Exception as e:  # report every tile that fails, then fail
             failed.append(
-                f"K={k} N={n} group={group} M={m} {dtype} paired={paired}: {cfg}: {str(e).splitlines()[0]}"
+                f"K={k} N={n} group={group} M={m} {dtype} paired={paired} invariant={invariant}: {cfg}: "
+                f"{str(e).splitlines()[0]}"
             )
     for group, paired, by_word in itertools.product(GROUPS, (False, True), (False, True)):  # dequantize
         block_k = next(b for b in (64, 32, 16, 8) if group % b == 0) if by_word else min(group, 32)

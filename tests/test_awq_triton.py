@@ -16,6 +16,7 @@ from tameshi.kernels.awq_triton import (  # noqa: E402
     awq_dequantize,
     awq_matmul,
     default_config,
+    invariant_config,
     kdequantize_reference,
     kpack,
     launch,
@@ -230,6 +231,38 @@ def test_default_config_splits_k_evenly():
     assert (gate_up.block_n, gate_up.split_k) == (64, 1)
     narrow = default_config(64, 4096, 11008, 128)  # 7B down: 64 tiles, 86 blocks: 43 is the least divisor
     assert (narrow.block_n, narrow.split_k) == (64, 43)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_invariant_config_equals_reference_at_every_row_count(dtype):
+    """The batch-invariant tiles (16, 64 and 128 rows; split K in two) equal the reference, and each
+    row is the same whatever the row count. (Bit for bit at 67B shapes on a GPU: test_gpu.py.)"""
+    k, n, group = 256, 96, 64
+    packed, w = packed_and_reference(k, n, group, seed=3, paired=True)
+    x = torch.randn(150, k, generator=torch.Generator().manual_seed(3)).to(dtype).to(DEVICE)
+    ref = x.cpu().float() @ w
+    every = None
+    for m in (150, 70, 17, 1):
+        cfg = invariant_config(m, n, k, group, dtype)
+        assert cfg.split_k == 2 and cfg.block_m == (
+            64 if dtype == torch.bfloat16 else 128 if m > 64 else 64 if m > 16 else 16
+        )
+        y = awq_matmul(x[:m], packed, cfg).cpu()
+        eps = 2**-8 if dtype == torch.bfloat16 else 2**-11
+        torch.testing.assert_close(y.float(), ref[:m], rtol=eps, atol=eps * ref.abs().max().item())
+        every = y if every is None else every
+        assert torch.equal(y, every[:m]), m
+
+
+def test_invariant_config_depends_on_the_layer_not_the_rows():
+    for k, n in [(8192, 10240), (8192, 8192), (8192, 44032), (22016, 8192), (4096, 11008), (11008, 4096)]:
+        configs = {m: invariant_config(m, n, k, 128, torch.float16) for m in (1, 16, 17, 64, 65, 2048)}
+        assert {(c.block_n, c.block_k, c.split_k) for c in configs.values()} == {
+            (configs[1].block_n, configs[1].block_k, configs[1].split_k)
+        }
+        assert configs[1].split_k in (1, 2) and all(c.swap and c.scaled for c in configs.values())
+    assert invariant_config(1, 44032, 8192, 128, torch.float16).split_k == 1  # 688 tiles: enough alone
+    assert invariant_config(1, 8192, 22016, 128, torch.float16).split_k == 2  # 172 blocks, 128 tiles
 
 
 def test_shape_mismatch_is_refused():

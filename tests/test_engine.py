@@ -297,3 +297,53 @@ def test_a_step_that_fails_for_every_request_still_raises(llm):
     engine.runner.run = broken
     with pytest.raises(RuntimeError, match="device lost"):
         list(engine.generate_batch([(p, greedy()) for p in prompts(llm, 2)]))
+
+
+def run_with_logprobs(engine, requests) -> dict[int, list[tuple[int, float]]]:
+    got = {i: [] for i in range(len(requests))}
+    for i, out in engine.generate_batch(requests):
+        got[i] += [(t, lp.logprob) for t, lp in zip(out.token_ids, out.logprobs, strict=True)]
+    return got
+
+
+def test_batch_invariant_outputs_equal_solo_bit_for_bit(llm):
+    """Tokens and their logprobs, float for float: each request batched with others (prompts chunked
+    beside decodes) against the same request alone."""
+    ps = prompts(llm, 12, seed=4)
+    params = greedy(12, logprobs=0)
+    config = dict(batch_invariant=True, max_num_batched_tokens=64)
+    batched = run_with_logprobs(make_engine(llm, **config), [(p, params) for p in ps])
+    assert any(len(p) > 64 for p in ps)  # some prompts are prefilled in several chunks
+    for i, p in enumerate(ps):
+        alone = run_with_logprobs(make_engine(llm, **config), [(p, params)])[0]
+        assert batched[i] == alone, i
+
+
+def test_fixed_chunks_cut_prompts_where_a_solo_run_does(llm):
+    """With decodes and other prompts in the steps, every prefill chunk still starts at a multiple of
+    the budget, and a step overshoots the budget by its decodes at most."""
+    budget = 32
+    engine = make_engine(llm, batch_invariant=True, max_num_batched_tokens=budget, max_num_seqs=8)
+    chunks: dict[int, list[tuple[int, int]]] = {}
+    real_run = engine.runner.run
+
+    def recording_run(batch):
+        decodes = sum(1 for seq, n in zip(batch.seqs, batch.num_tokens, strict=True) if n == 1)
+        assert sum(batch.num_tokens) <= budget + decodes
+        for seq, n in zip(batch.seqs, batch.num_tokens, strict=True):
+            if seq.num_computed_tokens < seq.prompt_len:
+                chunks.setdefault(seq.seq_id, []).append((seq.num_computed_tokens, n))
+        return real_run(batch)
+
+    engine.runner.run = recording_run
+    ps = [list(range(10, 10 + length)) for length in (5, 70, 40, 33, 100, 9)]
+    for i, p in enumerate(ps):
+        engine.add_request(p, greedy(6))
+        if i == 1:
+            engine.step()  # the rest arrive while the first ones prefill and decode
+    while engine.has_unfinished():
+        engine.step()
+    assert engine.stats().prefix_cache_hit_rate == 0  # off: a hit would move the boundaries
+    for seq_id, p in enumerate(ps):
+        expected = [(s, min(budget, len(p) - s)) for s in range(0, len(p), budget)]
+        assert chunks[seq_id] == expected, seq_id

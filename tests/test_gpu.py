@@ -187,6 +187,76 @@ def test_awq_kernel_variants_at_the_gate_up_shape(request, gate_up_67b, m, varia
     assert err < 2e-3, f"{cfg}: max error {err:.2e} of the largest output"
 
 
+@pytest.mark.parametrize(("k", "n"), [(8192, 10240), (8192, 44032), (22016, 8192)])
+def test_batch_invariant_awq_rows_do_not_depend_on_the_batch(k, n):
+    """invariant_config at 67B shapes (split K 2 and 1): every row's output, bit for bit, is the same
+    whatever the row count (tiles of 16, 64 and 128 rows) and wherever the row sits in the batch;
+    and it equals the fp32 reference."""
+    from tameshi.kernels.awq_triton import awq_matmul, invariant_config, kpack
+    from tameshi.loading.awq import dequantize_gemm
+
+    group = 128
+    gen = torch.Generator(device="cuda").manual_seed(k + n)
+    qweight = torch.randint(-(2**31), 2**31 - 1, (k, n // 8), dtype=torch.int32, device="cuda", generator=gen)
+    qzeros = torch.randint(
+        -(2**31), 2**31 - 1, (k // group, n // 8), dtype=torch.int32, device="cuda", generator=gen
+    )
+    scales = (torch.rand(k // group, n, device="cuda", generator=gen) * 0.01 + 0.001).half()
+    packed = kpack(qweight, qzeros, scales, group, paired=True)
+    x = torch.randn(300, k, device="cuda", generator=gen).half()
+
+    def rows(x):
+        return awq_matmul(x, packed, invariant_config(x.shape[0], n, k, group, x.dtype))
+
+    every = rows(x)
+    ref = x.float() @ dequantize_gemm(qweight, qzeros, scales, group)
+    torch.testing.assert_close(every.float(), ref, rtol=2e-3, atol=2e-3 * ref.abs().max().item())
+    for m in (1, 3, 16, 17, 64, 65, 129):
+        assert torch.equal(rows(x[:m]), every[:m]), m
+    perm = torch.randperm(300, device="cuda", generator=gen)
+    assert torch.equal(rows(x[perm]), every[perm])
+    assert torch.equal(rows(x[perm[:5]]), every[perm[:5]])
+    torch.cuda.empty_cache()
+
+
+@pytest.mark.parametrize("quant", ["awq", "fp16"])
+def test_batch_invariant_engine_on_cuda_equals_solo_bit_for_bit(tmp_path, quant):
+    """EngineConfig.batch_invariant on CUDA in fp16, CUDA graphs on: each request batched with others
+    (prompts chunked beside decodes, batch sizes changing) gives the tokens and logprobs of its solo
+    run, float for float."""
+    from tameshi.engine.engine import Engine, EngineConfig
+    from tameshi.quantize.synth import synth
+
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "hidden_size": 512, "intermediate_size": 1024,
+        "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 2, "vocab_size": 512,
+        "max_position_embeddings": 1024,
+    }))  # fmt: skip
+    llm = LLM(str(synth(str(cfg), tmp_path / quant, quant=quant)), device="cuda", progress=False)
+    assert llm.loaded.model.embed_tokens.weight.dtype == torch.float16
+
+    def engine():
+        config = EngineConfig(batch_invariant=True, max_num_batched_tokens=64, max_num_seqs=16)
+        return Engine(llm.loaded.model, llm.tokenizer, llm.loaded.generation_config, config)
+
+    gen = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(3, 512, (n,), generator=gen).tolist() for n in (3, 20, 70, 7, 130, 45, 1, 64)]
+    params = SamplingParams(max_new_tokens=30, min_new_tokens=30, do_sample=False, logprobs=0).resolve({})
+
+    def run(eng, jobs):
+        got = {i: [] for i in range(len(jobs))}
+        for i, out in eng.generate_batch(jobs):
+            got[i] += [(t, lp.logprob) for t, lp in zip(out.token_ids, out.logprobs, strict=True)]
+        return got
+
+    batched = engine()
+    together = run(batched, [(p, params) for p in prompts])
+    assert batched.runner.graphs is not None and batched.runner.graphs.graphs  # decode steps replayed
+    for i, p in enumerate(prompts):
+        assert together[i] == run(engine(), [(p, params)])[0], i
+
+
 @pytest.fixture(scope="module")
 def tiny_fp16(tmp_path_factory):
     """Head dim 64 (the paged decode kernel's tl.dot wants >= 16 and real models use 64-128)."""
@@ -198,8 +268,8 @@ def tiny_fp16(tmp_path_factory):
 
 
 def test_cuda_graph_decode_equals_eager(tiny_fp16):
-    """Every decode step replayed from a CUDA graph (Triton paged attention, batch padded to a
-    bucket) gives the logits the eager path (SDPA over gathered blocks) gives on the same cache, for
+    """Every decode step replayed from a CUDA graph (batch padded to a bucket) gives the logits the
+    eager path gives on the same cache (both attend with the Triton paged kernel), for
     batches whose sizes are not buckets, sequences crossing block boundaries and finishing at
     different steps. (Tokens alone would not do: in fp16 another kernel may flip a near-tie.)"""
     from tameshi.engine.engine import Engine, EngineConfig

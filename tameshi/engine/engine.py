@@ -20,7 +20,12 @@ from tameshi.engine.runner import ModelRunner
 from tameshi.engine.sampler import make_generator
 from tameshi.engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
 from tameshi.engine.sequence import Sequence, StepOutput
-from tameshi.errors import InvalidRequestError, PromptTooLongError, TensorParallelError
+from tameshi.errors import (
+    InvalidRequestError,
+    PromptTooLongError,
+    TensorParallelError,
+    UnsupportedModelError,
+)
 from tameshi.model.llama import LlamaForCausalLM
 from tameshi.sampling_params import SamplingParams
 from tameshi.tokenizer import Tokenizer
@@ -41,6 +46,13 @@ class EngineConfig:
     # decode steps replayed as CUDA graphs (fp16/bf16 on CUDA); under tensor parallel every rank
     # replays its own, the NCCL all-reduces captured inside
     cuda_graphs: bool = True
+    # Every sequence's outputs computed as its solo run computes them, bit for bit, whatever it is
+    # batched with: matmuls with kernels and sums that do not depend on the row count
+    # (LlamaForCausalLM.set_batch_invariant), prompts chunked only at fixed boundaries
+    # (SchedulerConfig.fixed_chunks), no prefix cache (a hit would move the boundaries). Costs speed
+    # at small batches and in prefill. A preempted sequence is recomputed by prefill, which sums
+    # differently from the decodes it replaces: give the pool room enough not to preempt.
+    batch_invariant: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,6 +107,8 @@ class Engine:
         self.tokenizer = tokenizer
         self.generation_config = generation_config
         self.config = config = config or EngineConfig()
+        if config.batch_invariant and model.tp is not None:
+            raise UnsupportedModelError("batch-invariant mode does not combine with tensor parallel yet")
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         context = min(config.max_model_len or model.config.context_length, model.config.context_length)
@@ -105,11 +119,14 @@ class Engine:
         self.cache = PagedKVCache(model.rank_config, num_blocks, config.block_size, self.device, self.dtype)
         if model.tp is not None:  # the followers' pools mirror this one, slot for slot
             model.tp.send(("cache", num_blocks, config.block_size))
-        self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.cache.batch_invariant = config.batch_invariant
+        prefix_caching = config.enable_prefix_caching and not config.batch_invariant
+        self.blocks = BlockManager(num_blocks, config.block_size, prefix_caching)
         self.scheduler = Scheduler(
-            SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens), self.blocks
+            SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens, config.batch_invariant),
+            self.blocks,
         )
-        self.runner = ModelRunner(model, self.cache, self._decode_graphs())
+        self.runner = ModelRunner(model, self.cache, self._decode_graphs(), config.batch_invariant)
         self._ids = itertools.count()
         self._failures: list[tuple[int, Exception]] = []
         self.step_times = StepTimes()

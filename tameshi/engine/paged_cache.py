@@ -3,7 +3,9 @@
 Slots are numbered block_id * block_size + offset. Before a step the runner calls `prepare` with each
 sequence's query span and context; every layer's `attend` then writes the new K/V into their slots
 and attends each sequence over its own context. Decode sequences (one query each) are gathered and
-attended in one padded call; prefill chunks one by one.
+attended in one call: on CUDA in half precision the Triton paged kernel (the one decode graphs run),
+elsewhere a padded SDPA; prefill chunks one by one. With `batch_invariant` set, decodes off that
+kernel are attended one by one too: a padded call's sums over keys follow the batch's longest context.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ class _Prefill:
 @dataclass
 class _Decode:
     q_index: torch.Tensor | None  # [B] rows of the flattened batch; None when the batch is all decodes
-    blocks: torch.Tensor  # [B, max_blocks] block tables, padded with block 0
-    mask: torch.Tensor  # [B, 1, 1, max_blocks * block_size] True where attended
+    blocks: torch.Tensor  # [B, max_blocks] block tables, padded with block 0 (int32 for the kernel)
+    mask: torch.Tensor | None  # [B, 1, 1, max_blocks * block_size] True where attended (SDPA only)
+    lens: torch.Tensor | None  # [B] int32 context lengths (the Triton kernel only)
 
 
 class PagedKVCache:
@@ -46,6 +49,9 @@ class PagedKVCache:
         self.num_blocks = num_blocks
         self.scratch_slot = num_blocks * block_size
         self.device = device
+        # decode rows through the Triton paged kernel (tameshi.kernels.paged_attention)
+        self.decode_kernel = torch.device(device).type == "cuda" and dtype in (torch.float16, torch.bfloat16)
+        self.batch_invariant = False  # set by the engine (EngineConfig.batch_invariant)
         self._slot_mapping: torch.Tensor | None = None
         self._prefills: list[_Prefill] = []
         self._decode: _Decode | None = None
@@ -61,7 +67,8 @@ class PagedKVCache:
         q_start = 0
         for table, start, n in spans:
             new_slots += self.slots_for(table, start, start + n)
-            if n == 1:  # decodes need only their block table, not a slot per context position
+            if n == 1 and (self.decode_kernel or not self.batch_invariant):
+                # decodes need only their block table, not a slot per context position
                 decodes.append((q_start, table[: -(-(start + 1) // self.block_size)], start + 1))
             else:
                 mask = None
@@ -77,13 +84,16 @@ class PagedKVCache:
     def _prepare_decode(self, decodes: list[tuple[int, list[int], int]], all_decode: bool) -> _Decode:
         # Whole blocks are gathered (few, contiguous copies) rather than single slots.
         width = max(len(table) for _, table, _ in decodes)
-        blocks = torch.zeros(len(decodes), width, dtype=torch.long)
-        mask = torch.zeros(len(decodes), 1, 1, width * self.block_size, dtype=torch.bool)
-        for row, (_, table, ctx_len) in enumerate(decodes):
+        kernel = self.decode_kernel
+        blocks = torch.zeros(len(decodes), width, dtype=torch.int32 if kernel else torch.long)
+        for row, (_, table, _) in enumerate(decodes):
             blocks[row, : len(table)] = torch.tensor(table)
-            mask[row, ..., :ctx_len] = True
         q_index = None if all_decode else torch.tensor([q for q, _, _ in decodes], device=self.device)
-        return _Decode(q_index, blocks.to(self.device), mask.to(self.device))
+        lens = torch.tensor([ctx_len for _, _, ctx_len in decodes], dtype=torch.int32)
+        if kernel:
+            return _Decode(q_index, blocks.to(self.device), None, lens.to(self.device))
+        mask = torch.arange(width * self.block_size)[None, :] < lens[:, None]
+        return _Decode(q_index, blocks.to(self.device), mask[:, None, None, :].to(self.device), None)
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         k_cache, v_cache = self.k[layer], self.v[layer]
@@ -105,7 +115,15 @@ class PagedKVCache:
             )
             out[p.q_start : p.q_start + p.q_len] = o[0].transpose(0, 1)
         d = self._decode
-        if d is not None:
+        if d is not None and d.lens is not None:
+            from tameshi.kernels.paged_attention import paged_decode_attention
+
+            qs = q if d.q_index is None else q[d.q_index]
+            o = paged_decode_attention(qs, k_cache, v_cache, d.blocks, d.lens, self.block_size)
+            if d.q_index is None:
+                return o
+            out[d.q_index] = o
+        elif d is not None:
             b, width = d.blocks.shape
             qs = (q if d.q_index is None else q[d.q_index])[:, :, None]  # [B, heads, 1, dim]
             paged_k = k_cache.view(-1, self.block_size, *k_cache.shape[1:])

@@ -40,11 +40,18 @@ def forward_step(model: LlamaForCausalLM, cache: PagedKVCache, plan: StepPlan) -
 
 class ModelRunner:
     def __init__(
-        self, model: LlamaForCausalLM, cache: PagedKVCache, graphs: DecodeGraphs | None = None
+        self,
+        model: LlamaForCausalLM,
+        cache: PagedKVCache,
+        graphs: DecodeGraphs | None = None,
+        batch_invariant: bool = False,
     ) -> None:
         self.model = model
         self.cache = cache
         self.graphs = graphs  # CUDA graphs for all-decode batches (None: every step runs eagerly)
+        # the model's mode for this runner's steps (engines may share a model; graphs capture the mode
+        # of their first step, which is this one)
+        self.batch_invariant = batch_invariant
         self.sampler = Sampler()
         self.device = next(model.parameters()).device
 
@@ -63,6 +70,8 @@ class ModelRunner:
             spans.append((seq.block_table, start, n))
             if start + n == len(seq):
                 sampling.append((seq, len(ids) - 1))
+        if self.model.batch_invariant != self.batch_invariant:
+            self.model.set_batch_invariant(self.batch_invariant)
         tp = self.model.tp
         with tp.whole_step() if tp is not None else contextlib.nullcontext():
             if self.graphs is not None and len(ids) == len(batch.seqs) and self.graphs.fits(len(ids)):

@@ -645,6 +645,28 @@ def default_config(m: int, n: int, k: int, group: int) -> MatmulConfig:
     )  # fmt: skip
 
 
+def invariant_config(m: int, n: int, k: int, group: int, dtype: torch.dtype) -> MatmulConfig:
+    """The batch-invariant tile for m rows: each row's sums taken in one order whatever m is, so a
+    row's result does not depend on the rows beside it (EngineConfig.batch_invariant).
+
+    Every m gets the tensor-core tile with the same K blocks and the same split, which depend on the
+    layer's shape only. In the fp16 swapped tile the rows are the dot's N dimension, which decides
+    how many columns a tensor-core instruction computes, not how one column's products are summed:
+    the tile's rows (16, 64, 128) follow m and cost nothing in invariance (tests/test_gpu.py checks
+    it bit for bit). Elsewhere the rows are the dot's M, and the tile is 64 rows for every m. Split
+    K is 1 or 2: two partial sums added to zero in float32 atomics give the same bits in either
+    order, more would not."""
+    base = default_config(64, n, k, group)  # the 64-row tile's blocks
+    n_blocks = k // base.block_k
+    split = 2 if n_blocks % 2 == 0 and -(-n // base.block_n) * 2 <= 600 else 1
+    swap = base.swap and dtype == torch.float16
+    block_m = (16 if m <= 16 else 64 if m <= 64 else 128) if swap else 64
+    return MatmulConfig(
+        block_m, base.block_n, base.block_k, split, num_warps=base.num_warps, num_stages=3,
+        by_word=base.by_word, magic=base.magic, pairs=base.pairs, scaled=base.scaled, swap=base.swap,
+    )  # fmt: skip
+
+
 def _split(n_blocks: int, per_program: int) -> int:
     """The split of n_blocks K blocks whose blocks per program is nearest `per_program` (it must divide)."""
     divisors = [d for d in range(1, n_blocks + 1) if n_blocks % d == 0]

@@ -8,7 +8,7 @@ calls: forward, load (one checkpoint tensor into its shard), tensor_kinds, quant
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,9 @@ class _ShardedLinear(nn.Module):
         # to the all-reduce unrounded, so the total is rounded to half precision once, as the one-GPU
         # matmul rounds it (rounding each half first flips near ties in greedy decoding).
         self.out_dtype: torch.dtype | None = None
+        # Set by LlamaForCausalLM.set_batch_invariant: every row computed the same way whatever the
+        # row count, so that a sequence's outputs do not depend on what it is batched with.
+        self.batch_invariant = False
 
     def _copy(
         self, param: torch.Tensor | None, part: slice, dim: int, tensor: torch.Tensor, name: str
@@ -52,7 +55,11 @@ class _ShardedLinear(nn.Module):
         target.copy_(tensor)
 
     def _apply_packed(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        y = self.packed(x)
+        if self.batch_invariant:
+            y = in_fixed_rows(self.packed, x.reshape(-1, self.in_features))
+            y = y.reshape(*x.shape[:-1], y.shape[-1])
+        else:
+            y = self.packed(x)
         return y if bias is None else y + bias
 
     def quantize(self, method: str) -> None:
@@ -80,9 +87,15 @@ class Linear(_ShardedLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
             return self._apply_packed(x, self.bias)
-        if self.out_dtype in (None, x.dtype):
+        if self.out_dtype in (None, x.dtype) and not self.batch_invariant:
             return F.linear(x, self.weight, self.bias)
-        y = matmul_to(x.reshape(-1, self.in_features), self.weight.t(), self.out_dtype)
+        dtype = self.out_dtype or x.dtype
+        x2 = x.reshape(-1, self.in_features)
+        w_t = self.weight.t()
+        if self.batch_invariant:
+            y = in_fixed_rows(lambda rows: matmul_to(rows, w_t, dtype), x2)
+        else:
+            y = matmul_to(x2, w_t, dtype)
         y = y.reshape(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias
 
@@ -175,7 +188,12 @@ class AWQLinear(_ShardedLinear):
         if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
             return self._forward_triton(x)
         w_t = self.dense_weight().t().to(x.dtype)
-        y = matmul_to(x, w_t, self.out_dtype or x.dtype)
+        dtype = self.out_dtype or x.dtype
+        if self.batch_invariant:
+            x2 = x.reshape(-1, self.in_features)
+            y = in_fixed_rows(lambda rows: matmul_to(rows, w_t, dtype), x2).reshape(*x.shape[:-1], -1)
+        else:
+            y = matmul_to(x, w_t, dtype)
         return y if self.bias is None else y + self.bias
 
     def repack_for_kernels(self) -> None:
@@ -195,7 +213,11 @@ class AWQLinear(_ShardedLinear):
         self.repack_for_kernels()
         x2 = x.reshape(-1, self.in_features)
         out_dtype = self.out_dtype or x.dtype
-        if x2.shape[0] <= FUSED_MAX_ROWS:
+        if self.batch_invariant:  # the fused tile for every row count, prefill too
+            k, n = self.kernel_weight.shape
+            config = awq_triton.invariant_config(x2.shape[0], n, k, self.kernel_weight.group, x.dtype)
+            y = awq_triton.awq_matmul(x2, self.kernel_weight, config, out_dtype=out_dtype)
+        elif x2.shape[0] <= FUSED_MAX_ROWS:
             y = awq_triton.awq_matmul(x2, self.kernel_weight, out_dtype=out_dtype)
         else:  # prefill: a dense matrix on cuBLAS beats the fused kernel there (benchmarks/awq_kernels.py)
             y = matmul_to(x2, awq_triton.awq_dequantize(self.kernel_weight, x.dtype), out_dtype)
@@ -222,6 +244,26 @@ def matmul_to(x: torch.Tensor, w_t: torch.Tensor, dtype: torch.dtype) -> torch.T
 
 
 _mm_out_dtype = True
+
+# in_fixed_rows's block: every call it makes has this many rows
+INVARIANT_ROWS = 64
+
+
+def in_fixed_rows(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """fn(x) for a row-wise fn, batch-invariant: x [M, K] in blocks of INVARIANT_ROWS rows, each
+    copied into one zero-padded buffer, so that fn sees one shape and one alignment whatever M is.
+    BLAS libraries pick their kernel (tiles, split K) by shape, and with it their order of sums: a
+    row's result would otherwise change with the number of rows beside it."""
+    m = x.shape[0]
+    block = x.new_zeros(INVARIANT_ROWS, *x.shape[1:])
+    parts = []
+    for start in range(0, m, INVARIANT_ROWS):
+        rows = min(INVARIANT_ROWS, m - start)
+        block[:rows] = x[start : start + rows]
+        if rows < INVARIANT_ROWS:
+            block[rows:] = 0
+        parts.append(fn(block)[:rows])
+    return torch.cat(parts) if len(parts) != 1 else parts[0]
 
 
 def make_linear(

@@ -13,7 +13,7 @@ from torch import nn
 from tameshi.errors import CorruptCheckpointError, UnsupportedModelError
 from tameshi.model.config import ModelConfig
 from tameshi.model.layers import MLP, Attention, AttentionBackend, RMSNorm, RotaryEmbedding
-from tameshi.model.linear import Linear, matmul_to, quantize_weight
+from tameshi.model.linear import AWQLinear, Linear, in_fixed_rows, matmul_to, quantize_weight
 from tameshi.parallel.shard import rank_config, shard_tensor
 
 if TYPE_CHECKING:
@@ -83,8 +83,19 @@ class LlamaForCausalLM(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(rc, i, tp) for i in range(config.n_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head = None if config.tie_word_embeddings else Linear(config.hidden_size, [rc.vocab_size])
+        self.batch_invariant = False
         for p in self.parameters():
             p.requires_grad_(False)
+
+    def set_batch_invariant(self, on: bool) -> None:
+        """Compute every token's row the same way whatever it is batched with (the matmuls' kernels
+        and sums no longer depend on the row count): greedy outputs then equal their solo runs bit
+        for bit, at some cost in speed (EngineConfig.batch_invariant). The other per-token kernels
+        (norms, RoPE, activations, decode attention) already are; prefill attention is the engine's."""
+        self.batch_invariant = on
+        for module in self.modules():
+            if isinstance(module, (Linear, AWQLinear)):
+                module.batch_invariant = on
 
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, backend: AttentionBackend
@@ -126,7 +137,13 @@ class LlamaForCausalLM(nn.Module):
             # Float32 logits straight from cuBLAS's accumulator. Rounded to half precision, the top
             # two of a flat distribution sit one unit in the last place apart (2^-8 near 5) or tie,
             # and a different summation order elsewhere (a batch's kernels, tensor parallel) flips them.
-            logits = matmul_to(hidden, head.t(), torch.float32)
+            w_t = head.t()
+            if self.batch_invariant:
+                logits = in_fixed_rows(lambda rows: matmul_to(rows, w_t, torch.float32), hidden)
+            else:
+                logits = matmul_to(hidden, w_t, torch.float32)
+        elif tied and self.batch_invariant:
+            logits = in_fixed_rows(lambda rows: F.linear(rows, self.embed_tokens.weight), hidden)
         else:
             logits = F.linear(hidden, self.embed_tokens.weight) if tied else self.lm_head(hidden)
         # tensor parallel: each rank scored its slice of the vocabulary
