@@ -89,6 +89,7 @@ def main(preset: str, ours_file: str, peer_file: str, invariant_file: str | None
         f"| peak host memory, whole process (GB) | {ours['peak_host_gb']:.2f} | – | |",
         f"| peak GPU memory (GB; tameshi's includes its preallocated KV pool) | {ours['peak_gpu_gb']:.1f} "
         f"| {peer['peak_gpu_gb']:.1f} | |",
+        f"| GPU memory in use at the end, whole device (GB) | {ours.get('gpu_used_gb', 0):.1f} | – | |",
         "",
         f"Weights read per token: {ours['weight_gb']:.2f} GB.",
     ]

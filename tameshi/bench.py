@@ -42,8 +42,11 @@ class BenchResult:
     solo_checked: int  # greedy requests of the batch compared with their solo runs
     solo_equal: int
     solo_common_prefix: list[int]  # per checked request: tokens equal before the first difference
-    peak_gpu_gb: float
+    peak_gpu_gb: float  # torch's peak allocation (the KV pool included)
     peak_host_gb: float
+    # the device's memory in use at the end by every process (CUDA context, libraries and torch's
+    # cache included), read from the driver: what the model, its pool and the run took of the GPU
+    gpu_used_gb: float = 0.0
     batch_invariant: bool = False  # EngineConfig.batch_invariant: batch outputs must equal solo bit for bit
     tp: int = 1  # tensor-parallel ranks: weight bytes, copy bandwidth and GPU memory are one rank's
     # per checked request that differs: the solo run's top-1 minus top-2 logprob where they part, and
@@ -121,6 +124,7 @@ class BenchResult:
                 f"{self.weight_gbps:.0f} GB/s = {100 * self.bandwidth_share:.0f}% of measured",
             ),
             ("peak GPU memory" + (" (rank 0)" if self.tp > 1 else ""), f"{self.peak_gpu_gb:.2f} GB"),
+            ("GPU memory in use at the end, whole device", f"{self.gpu_used_gb:.2f} GB"),
             ("peak host memory (RSS)", f"{self.peak_host_gb:.2f} GB"),
         ]
 
@@ -273,7 +277,11 @@ def run_bench(
     equal = sum(p == c_gen for p in prefixes)
 
     stats = engine.stats()
-    peak_gpu = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else 0.0
+    peak_gpu = used_gpu = 0.0
+    if device.type == "cuda":
+        peak_gpu = torch.cuda.max_memory_allocated(device) / 1e9
+        free, total = torch.cuda.mem_get_info(device)
+        used_gpu = (total - free) / 1e9
     # ru_maxrss: KiB on Linux, bytes on macOS
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
     return BenchResult(
@@ -284,6 +292,6 @@ def run_bench(
         concurrent_prompt_len=c_prompt, concurrent_gen_len=c_gen,
         aggregate_tps=aggregate, solo_checked=checked, solo_equal=equal,
         solo_common_prefix=prefixes, solo_part_margin=margins, solo_part_second=seconds,
-        peak_gpu_gb=peak_gpu,
+        peak_gpu_gb=peak_gpu, gpu_used_gb=used_gpu,
         peak_host_gb=rss / 1e9, batch_invariant=engine.config.batch_invariant, tp=model.tp.world if model.tp is not None else 1, concurrent_steps=steps,
     )  # fmt: skip

@@ -376,6 +376,9 @@ def bench(
     ] = 2,
     json_out: Annotated[str | None, typer.Option("--json", help="Also write the results here.")] = None,
     batch_invariant: BatchInvariantOpt = False,
+    gpu_memory_utilization: Annotated[
+        float, typer.Option(help="Share of the GPU's memory the model, KV pool and run may take.")
+    ] = 0.9,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     quantize: QuantOpt = None,
@@ -416,7 +419,13 @@ def bench(
             subprocess.run(cmd, check=True)
         model = str(folder)
     start = time.perf_counter()
-    config = EngineConfig(max_num_seqs=max(concurrency, 1), batch_invariant=batch_invariant)
+    if not 0 < gpu_memory_utilization <= 1:
+        raise typer.BadParameter(f"--gpu-memory-utilization must lie in (0, 1], not {gpu_memory_utilization}")
+    config = EngineConfig(
+        max_num_seqs=max(concurrency, 1),
+        batch_invariant=batch_invariant,
+        gpu_memory_utilization=gpu_memory_utilization,
+    )
     llm = LLM(model, device=device, dtype=dtype, quantize=quantize, engine_config=config, tp=tp)
     load_s = time.perf_counter() - start
     result = run_bench(
