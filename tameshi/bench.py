@@ -292,6 +292,7 @@ def run_bench(
         concurrent_prompt_len=c_prompt, concurrent_gen_len=c_gen,
         aggregate_tps=aggregate, solo_checked=checked, solo_equal=equal,
         solo_common_prefix=prefixes, solo_part_margin=margins, solo_part_second=seconds,
-        peak_gpu_gb=peak_gpu, gpu_used_gb=used_gpu,
-        peak_host_gb=rss / 1e9, batch_invariant=engine.config.batch_invariant, tp=model.tp.world if model.tp is not None else 1, concurrent_steps=steps,
+        peak_gpu_gb=peak_gpu, gpu_used_gb=used_gpu, peak_host_gb=rss / 1e9,
+        batch_invariant=engine.config.batch_invariant, tp=model.tp.world if model.tp is not None else 1,
+        concurrent_steps=steps,
     )  # fmt: skip

@@ -2,6 +2,7 @@
 present and plausible, the batch's greedy outputs equal to their solo runs."""
 
 import json
+import re
 
 import torch
 
@@ -42,6 +43,30 @@ def test_bench_on_a_synthetic_awq_model(tmp_path, capsys):
     assert "of which decode steps" in printed
     want_tps = f"{steps['decode_rows'] / steps['decode_s']:,.0f} tokens/s"
     assert want_tps in printed  # the decode steps' own rate, beside their time
+
+
+def test_bench_batch_invariant_reports_its_mode_and_solo_equality(tmp_path, capsys):
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps(TINY))
+    out = tmp_path / "bench.json"
+    args = ["bench", "--synth", str(cfg), "--synth-dir", str(tmp_path / "ckpt"), "--prompt-len", "16",
+            "--gen-len", "8", "--ttft-prompt-len", "32", "--concurrency", "3", "--solo-checks", "3",
+            "--batch-invariant", "--json", str(out), "--device", "cpu"]  # fmt: skip
+    assert main(args) == 0
+    r = json.loads(out.read_text())
+    assert r["batch_invariant"] and r["solo_checked"] == 3 and r["solo_equal"] == 3
+    assert re.search(r"batch-invariant mode\s*│\s*on", capsys.readouterr().out)
+    bad = [
+        "bench",
+        "--synth",
+        str(cfg),
+        "--synth-dir",
+        str(tmp_path / "ckpt"),
+        "--gpu-memory-utilization",
+        "1.5",
+    ]
+    assert main(bad) != 0
+    assert "--gpu-memory-utilization must lie in (0, 1]" in capsys.readouterr().err
 
 
 def test_weight_bytes_count_a_tied_head_once():
