@@ -268,6 +268,42 @@ def invariant_shape(name: str, k: int, n: int) -> list[str]:
     return rows
 
 
+def invariant_prefill_sweep(name: str, k: int, n: int) -> list[str]:
+    """Wider batch-invariant tiles for prefill rows: time, and whether each row equals, bit for bit,
+    what the 64-row invariant tile gives it (the tile's rows and columns may change with M, its K
+    blocks and split may not)."""
+    layers = [make_layer(k, n, *random_awq(k, n)) for _ in range(max(2, -(-120 * 2**20 // (k * n // 2))))]
+    packs = [layer.kernel_weight for layer in layers]
+    rows = []
+    for m in (512, 2048):
+        x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+        base = invariant_config(m, n, k, GROUP, x.dtype)
+        want = awq_matmul(x[:64], packs[0], invariant_config(64, n, k, GROUP, x.dtype))
+        for block_m, block_n, warps, stages in [
+            (128, 64, 4, 3), (128, 128, 4, 3), (128, 128, 8, 3), (256, 64, 8, 3), (256, 128, 8, 2), (64, 128, 4, 3)
+        ]:  # fmt: skip
+            cfg = dataclasses.replace(
+                base, block_m=block_m, block_n=block_n, num_warps=warps, num_stages=stages
+            )
+            try:
+                same = torch.equal(awq_matmul(x, packs[0], cfg)[:64], want)
+                ms = graph_ms([lambda p=p, cfg=cfg: awq_matmul(x, p, cfg) for p in packs])  # noqa: B023
+            except Exception as e:  # a tile that does not compile or fit: say so, go on
+                rows.append(
+                    f"| {name} | {m} | {block_m}×{block_n}, {warps} warps, {stages} stages | failed: {str(e)[:60]} | | |"
+                )
+                print(rows[-1], flush=True)
+                continue
+            deq = float("nan")
+            if (block_m, block_n, warps) == (128, 64, 4):  # once per M: what AWQLinear runs by default
+                deq = graph_ms([lambda layer=layer: layer(x) for layer in layers])  # noqa: B023
+            rows.append(
+                f"| {name} | {m} | {block_m}×{block_n}, {warps} warps, {stages} stages | {ms * 1000:.1f} | {same} | {deq * 1000:.1f} |"
+            )
+            print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sweep", action="store_true", help="search tile configs instead (qkv and down shapes)")
@@ -277,6 +313,7 @@ def main() -> None:
     ap.add_argument("--defaults-only", action="store_true", help="with --sweep: time the defaults, no grid")
     ap.add_argument("--paired", action="store_true", help="with --sweep: the grid on paired nibbles")
     ap.add_argument("--invariant", action="store_true", help="batch-invariant tiles beside the defaults")
+    ap.add_argument("--invariant-prefill", action="store_true", help="wider invariant tiles for prefill rows")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
@@ -295,7 +332,15 @@ def main() -> None:
         "| AutoAWQ triton | auto GB/s | auto % copy | auto vs AutoAWQ | auto, eager |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    if args.invariant:
+    if args.invariant_prefill:
+        lines = [
+            "| shape | M | tile (rows × columns) | µs | rows equal the 64-row tile's | default (deq + cuBLAS) µs |",
+            "|---|---:|---|---:|---|---:|",
+        ]
+        for name, (k, n) in SHAPES.items():
+            lines += invariant_prefill_sweep(name, k, n)
+            torch.cuda.empty_cache()
+    elif args.invariant:
         lines = [
             f"Batch-invariant AWQLinear (`invariant_config`) beside the default, {torch.cuda.get_device_name()}, "
             "µs per call inside a CUDA graph",
