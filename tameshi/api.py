@@ -77,7 +77,12 @@ class LLM:
             launch.tp.close()
             raise SystemExit(0)
         self.tokenizer = self.loaded.tokenizer
-        self.engine = Engine(self.loaded.model, self.tokenizer, self.loaded.generation_config, engine_config)
+        try:
+            self.engine = Engine(self.loaded.model, self.tokenizer, self.loaded.generation_config, engine_config)
+        except BaseException:
+            if launch is not None:  # the other ranks are following: stop them, or they wait forever
+                launch.shutdown()
+            raise
         self._async: AsyncEngine | None = None
 
     @property

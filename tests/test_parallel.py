@@ -182,6 +182,29 @@ def test_a_dead_rank_fails_the_model_in_one_line(tmp_path):
         again.close()
 
 
+def test_batch_invariant_under_tp_is_refused_and_the_ranks_stop(tmp_path, monkeypatch):
+    """An engine that cannot be built under --tp (here: batch-invariant mode) fails in one line, and
+    the follower it had started exits instead of waiting for steps forever."""
+    from tameshi.engine.engine import EngineConfig
+    from tameshi.parallel.launch import Launch
+
+    followers: list[subprocess.Popen] = []
+    shutdown = Launch.shutdown
+
+    def watched(self):
+        followers.extend(self.procs)
+        shutdown(self)
+
+    monkeypatch.setattr(Launch, "shutdown", watched)
+    (tmp_path / "config.json").write_text(json.dumps(AWQ_TINY))
+    name = f"synth:{tmp_path / 'config.json'}"
+    with pytest.raises(
+        UnsupportedModelError, match="batch-invariant mode does not combine with tensor parallel"
+    ):
+        LLM(name, device="cpu", progress=False, tp=2, engine_config=EngineConfig(batch_invariant=True))
+    assert len(followers) == 1 and followers[0].poll() == 0  # told to stop, and exited cleanly
+
+
 def test_tp2_equals_tp1_on_an_in_memory_synth(tmp_path):
     """`synth:CONFIG` under --tp: every rank draws the same tensors on its own device and keeps its
     shard (the 67B bf16 benchmark's way, where the checkpoint would not fit the disk)."""
