@@ -307,15 +307,19 @@ def run_with_logprobs(engine, requests) -> dict[int, list[tuple[int, float]]]:
 
 
 def test_batch_invariant_outputs_equal_solo_bit_for_bit(llm):
-    """Tokens and their logprobs, float for float: each request batched with others (prompts chunked
-    beside decodes) against the same request alone."""
+    """Tokens and their logprobs, float for float: each request, greedy or seeded, batched with others
+    (prompts chunked beside decodes) against the same request alone."""
     ps = prompts(llm, 12, seed=4)
-    params = greedy(12, logprobs=0)
+    seeded = [
+        SamplingParams(max_new_tokens=12, do_sample=True, temperature=0.9, top_p=0.9, seed=i, logprobs=0)
+        for i in range(len(ps))
+    ]
+    jobs = [(p, greedy(12, logprobs=0) if i % 2 else seeded[i].resolve({})) for i, p in enumerate(ps)]
     config = dict(batch_invariant=True, max_num_batched_tokens=64)
-    batched = run_with_logprobs(make_engine(llm, **config), [(p, params) for p in ps])
+    batched = run_with_logprobs(make_engine(llm, **config), jobs)
     assert any(len(p) > 64 for p in ps)  # some prompts are prefilled in several chunks
-    for i, p in enumerate(ps):
-        alone = run_with_logprobs(make_engine(llm, **config), [(p, params)])[0]
+    for i, job in enumerate(jobs):
+        alone = run_with_logprobs(make_engine(llm, **config), [job])[0]
         assert batched[i] == alone, i
 
 

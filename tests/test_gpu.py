@@ -221,9 +221,9 @@ def test_batch_invariant_awq_rows_do_not_depend_on_the_batch(k, n):
 
 @pytest.mark.parametrize("quant", ["awq", "fp16"])
 def test_batch_invariant_engine_on_cuda_equals_solo_bit_for_bit(tmp_path, quant):
-    """EngineConfig.batch_invariant on CUDA in fp16, CUDA graphs on: each request batched with others
-    (prompts chunked beside decodes, batch sizes changing) gives the tokens and logprobs of its solo
-    run, float for float."""
+    """EngineConfig.batch_invariant on CUDA in fp16, CUDA graphs on: each request, greedy or seeded,
+    batched with others (prompts chunked beside decodes, batch sizes changing) gives the tokens and
+    logprobs of its solo run, float for float."""
     from tameshi.engine.engine import Engine, EngineConfig
     from tameshi.quantize.synth import synth
 
@@ -242,7 +242,19 @@ def test_batch_invariant_engine_on_cuda_equals_solo_bit_for_bit(tmp_path, quant)
 
     gen = torch.Generator().manual_seed(5)
     prompts = [torch.randint(3, 512, (n,), generator=gen).tolist() for n in (3, 20, 70, 7, 130, 45, 1, 64)]
-    params = SamplingParams(max_new_tokens=30, min_new_tokens=30, do_sample=False, logprobs=0).resolve({})
+    greedy = SamplingParams(max_new_tokens=30, min_new_tokens=30, do_sample=False, logprobs=0).resolve({})
+
+    def seeded(seed):
+        params = SamplingParams(
+            max_new_tokens=30,
+            min_new_tokens=30,
+            do_sample=True,
+            temperature=0.9,
+            top_p=0.9,
+            seed=seed,
+            logprobs=0,
+        )
+        return params.resolve({})
 
     def run(eng, jobs):
         got = {i: [] for i in range(len(jobs))}
@@ -250,11 +262,12 @@ def test_batch_invariant_engine_on_cuda_equals_solo_bit_for_bit(tmp_path, quant)
             got[i] += [(t, lp.logprob) for t, lp in zip(out.token_ids, out.logprobs, strict=True)]
         return got
 
+    jobs = [(p, greedy if i % 2 else seeded(i)) for i, p in enumerate(prompts)]
     batched = engine()
-    together = run(batched, [(p, params) for p in prompts])
+    together = run(batched, jobs)
     assert batched.runner.graphs is not None and batched.runner.graphs.graphs  # decode steps replayed
-    for i, p in enumerate(prompts):
-        assert together[i] == run(engine(), [(p, params)])[0], i
+    for i, job in enumerate(jobs):
+        assert together[i] == run(engine(), [job])[0], i
 
 
 @pytest.fixture(scope="module")
