@@ -78,7 +78,9 @@ class LLM:
             raise SystemExit(0)
         self.tokenizer = self.loaded.tokenizer
         try:
-            self.engine = Engine(self.loaded.model, self.tokenizer, self.loaded.generation_config, engine_config)
+            self.engine = Engine(
+                self.loaded.model, self.tokenizer, self.loaded.generation_config, engine_config
+            )
         except BaseException:
             if launch is not None:  # the other ranks are following: stop them, or they wait forever
                 launch.shutdown()
