@@ -11,9 +11,10 @@ access pattern), and the default one-row kernel. Times per call inside a CUDA gr
 the weight larger than L2 together (as benchmarks/awq_kernels.py); the persistent kernel's output is
 checked against the default's.
 
-Result on an H200 (benchmarks/results/awq-persistent-h200.md): no. The loads alone, persistent and
-pipelined, reach 78-82% of the copy bandwidth at the o and qkv shapes (as the non-persistent loads
-did), and the persistent kernel matches the default's times at best.
+Result on an H200 (benchmarks/results/awq-persistent-h200.md): no; the persistent kernel matches the
+default's times at best. Its loads alone, persistent and pipelined, reach 78-82% of the copy bandwidth
+at the o and qkv shapes; launched with PDL, the non-persistent loads alone reach 91-96%
+(awq-load-ceiling-h200.md).
 """
 
 # ruff: noqa: B023  (every closure here is called within the loop iteration that made it)
