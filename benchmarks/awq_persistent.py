@@ -44,7 +44,6 @@ def _gemv_persistent(
     tl.extra.cuda.gdc_launch_dependents()
     R: tl.constexpr = BLOCK_K // 8
     n_col = tl.cdiv(N, BLOCK_N)
-    offs_r = tl.arange(0, R)
     offs_b = tl.arange(0, BLOCKS)
     for unit in range(tl.program_id(0), n_col * SPLIT_K, tl.num_programs(0)):
         pid_n = unit % n_col
@@ -52,17 +51,15 @@ def _gemv_persistent(
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         mask_n = offs_n < N
         kb = pid_k * BLOCKS + offs_b
-        words = tl.load(
-            w_ptr + ((kb * R)[:, None, None] + offs_r[None, :, None]) * N + offs_n[None, None, :],
-            mask=mask_n[None, None, :],
-            other=0,
-        )
+        rows_a = (kb * R)[:, None, None] + 2 * tl.arange(0, R // 2)[None, :, None]
+        w_a = w_ptr + rows_a * N + offs_n[None, None, :]
+        words_a = tl.load(w_a, mask=mask_n[None, None, :], other=0)
+        words_b = tl.load(w_a + N, mask=mask_n[None, None, :], other=0)
         g = (kb * BLOCK_K // GROUP)[:, None] * N + offs_n[None, :]
         z = tl.load(z_ptr + g, mask=mask_n[None, :], other=0.0)
         sc = tl.load(s_ptr + g, mask=mask_n[None, :], other=0.0).to(tl.float32)
         tl.extra.cuda.gdc_wait()  # PDL: the first unit's weights load before it; later, returns at once
-        x_at = x_ptr + (kb * BLOCK_K)[:, None] + offs_r[None, :] * 8
-        dots = _word_dots_f16x2(words, z[:, None, :], x_at, True, True)
+        dots = _word_dots_f16x2(words_a, words_b, z[:, None, :], x_ptr + rows_a * 8, True, True)
         out = tl.sum(tl.sum(dots, axis=1) * sc, axis=0)
         # The barrier in this split-K sum keeps Triton from pipelining the loop (num_stages changes
         # nothing; a sum without the barrier pipelines, but a counter per column to replace it raced).

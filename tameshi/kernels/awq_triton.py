@@ -360,58 +360,82 @@ _WORD_PAIR_DOTS_PTX = tl.constexpr(
 
 
 @triton.jit
-def _word_dots_f16x2(words, z16, x_at, ASM: tl.constexpr, PAIRED: tl.constexpr):
-    """Σ x · (c - z) over the 16 codes of each two K-adjacent words, in packed fp16: words [B, R, N]
-    int32, zeros z16 [B, 1, N] fp16, x_at [B, R] the pointers to each word's first x -> float32
-    [B, R / 2, N].
+def _word_dots_f16x2(words_a, words_b, z16, x_a, ASM: tl.constexpr, PAIRED: tl.constexpr):
+    """Σ x · (c - z) over the 16 codes of each two K-adjacent words, in packed fp16: words_a and
+    words_b [B, H, N] int32, the even and odd word rows; zeros z16 [B, 1, N] fp16; x_a [B, H, 1] the
+    pointers to each even word's first x (the odd word's 8 follow) -> float32 [B, H, N].
 
     One mask (lop3) puts nibbles j and j + 4 under an fp16 exponent, one in each half: under 1024
     (0x6400) a nibble in bits 0-3 of a half is 1024 + c, and under 64 (0x5400) one in bits 4-7 is
     64 + c, as 64's mantissa step is 1/16. So w gives the pairs of nibbles 0 and 1 without a shift,
     w >> 8 those of 2 and 3. Less 1024 + z or 64 + z, a pair is c - z exactly; times x's pair and
     summed in fp16 (sub.f16x2, fma.rn.f16x2), 8 products per half, then the halves in fp32: 14.5
-    PTX instructions per word. The one-row kernel's arithmetic, not its loads, is what holds it
-    below the bandwidth (benchmarks/awq_load_ceiling.py); with these products it runs 23 SASS
-    instructions per word against 42 with _pair_products' fp32 ones. A half's fp16 sum overflows
-    only where x nears 550 on all 8 of its products (|c - z| <= 15)."""
-    shape: tl.constexpr = words.shape
-    half: tl.constexpr = (shape[0], shape[1] // 2, shape[2])
-    if PAIRED:  # a word's 8 x in one 16-byte load, as 4 pairs
-        x_words = x_at.to(tl.pointer_type(tl.int32))
-        xv = tl.load(tl.expand_dims(x_words, 2) + tl.arange(0, 4))
-        x02, x13 = tl.split(tl.reshape(xv, (shape[0], shape[1], 2, 2)))
-        x0, x2 = tl.split(x02)
-        x1, x3 = tl.split(x13)
+    PTX instructions per word. A half's fp16 sum overflows only where x nears 550 on all 8 of its
+    products (|c - z| <= 15).
+
+    The two words come in as two loads, and each x as its own [B, H, 1] load, so that both already
+    sit in the layout of the words' columns: split from one [B, 2H, N] load, the words went through
+    shared memory to be paired, and every thread held every row's x (217 registers a thread, two
+    programs an SM, on sm_90)."""
+    shape: tl.constexpr = words_a.shape
+    if PAIRED:  # the two words' 16 x are 8 K-adjacent pairs: 8 int32 words in one 32-byte load
+        x_words = x_a.to(tl.pointer_type(tl.int32))
+        xv = tl.load(x_words + tl.arange(0, 8)[None, None, :])  # [B, H, 8]
+        x_lo, x_hi = tl.split(tl.reshape(xv, (shape[0], shape[1], 2, 4)).permute(0, 1, 3, 2))
+        x0a, x1a, x2a, x3a = _four(x_lo, shape)
+        x0b, x1b, x2b, x3b = _four(x_hi, shape)
     else:
-        x0 = _x_pair(x_at, 0)
-        x1 = _x_pair(x_at, 1)
-        x2 = _x_pair(x_at, 2)
-        x3 = _x_pair(x_at, 3)
-    # rows 2i and 2i + 1 side by side (a, b)
-    w_a, w_b = tl.split(tl.permute(tl.reshape(words, (half[0], half[1], 2, half[2])), (0, 1, 3, 2)))
-    x0a, x0b = _even_odd(x0, half)
-    x1a, x1b = _even_odd(x1, half)
-    x2a, x2b = _even_odd(x2, half)
-    x3a, x3b = _even_odd(x3, half)
-    z_lo = tl.broadcast_to(_f16x2(z16 + 1024.0), half)
-    z_hi = tl.broadcast_to(_f16x2(z16 + 64.0), half)
+        x0a, x1a, x2a, x3a = _x_pairs(x_a, shape)
+        x0b, x1b, x2b, x3b = _x_pairs(x_a + 8, shape)
+    z_lo = tl.broadcast_to(_f16x2(z16 + 1024.0), shape)
+    z_hi = tl.broadcast_to(_f16x2(z16 + 64.0), shape)
     if ASM:
         return tl.inline_asm_elementwise(
             _WORD_PAIR_DOTS_PTX,
-            "=r,r,r,r,r,r,r,r,r,r,r,r,r", [w_a, w_b, z_lo, z_hi, x0a, x1a, x2a, x3a, x0b, x1b, x2b, x3b],
+            "=r,r,r,r,r,r,r,r,r,r,r,r,r",
+            [words_a, words_b, z_lo, z_hi, x0a, x1a, x2a, x3a, x0b, x1b, x2b, x3b],
             dtype=tl.float32, is_pure=True, pack=1,
         )  # fmt: skip
     else:  # the same arithmetic in fp16 tensors (the interpreter runs no PTX; its fma rounds twice)
-        lo, hi = _word_products_f16(w_a, z_lo, z_hi, x0a, x1a, x2a, x3a, 0.0, 0.0)
-        lo, hi = _word_products_f16(w_b, z_lo, z_hi, x0b, x1b, x2b, x3b, lo, hi)
+        lo, hi = _word_products_f16(words_a, z_lo, z_hi, x0a, x1a, x2a, x3a, 0.0, 0.0)
+        lo, hi = _word_products_f16(words_b, z_lo, z_hi, x0b, x1b, x2b, x3b, lo, hi)
         return lo.to(tl.float32) + hi.to(tl.float32)
 
 
 @triton.jit
-def _even_odd(t, shape: tl.constexpr):
-    """[B, R] -> its even and odd rows, [B, R / 2] each, broadcast to `shape` [B, R / 2, N]."""
-    even, odd = tl.split(tl.reshape(t, (shape[0], shape[1], 2)))
-    return tl.broadcast_to(tl.expand_dims(even, 2), shape), tl.broadcast_to(tl.expand_dims(odd, 2), shape)
+def _four(t, shape: tl.constexpr):
+    """[B, H, 4] -> its 4 columns, each [B, H, 1] broadcast to `shape`."""
+    t01, t23 = tl.split(tl.reshape(t, (shape[0], shape[1], 2, 2)).permute(0, 1, 3, 2))
+    t0, t1 = tl.split(t01)
+    t2, t3 = tl.split(t23)
+    return (
+        tl.broadcast_to(tl.expand_dims(t0, 2), shape),
+        tl.broadcast_to(tl.expand_dims(t1, 2), shape),
+        tl.broadcast_to(tl.expand_dims(t2, 2), shape),
+        tl.broadcast_to(tl.expand_dims(t3, 2), shape),
+    )
+
+
+@triton.jit
+def _x_words(x_words, shape: tl.constexpr):
+    """A paired word's 4 x pairs (int32 words 0-3 from `x_words` [B, H, 1]), broadcast to `shape`."""
+    return (
+        tl.broadcast_to(tl.load(x_words), shape),
+        tl.broadcast_to(tl.load(x_words + 1), shape),
+        tl.broadcast_to(tl.load(x_words + 2), shape),
+        tl.broadcast_to(tl.load(x_words + 3), shape),
+    )
+
+
+@triton.jit
+def _x_pairs(x_at, shape: tl.constexpr):
+    """A word's x pairs in natural nibble order (_x_pair for nibbles 0-3), broadcast to `shape`."""
+    return (
+        tl.broadcast_to(_x_pair(x_at, 0), shape),
+        tl.broadcast_to(_x_pair(x_at, 1), shape),
+        tl.broadcast_to(_x_pair(x_at, 2), shape),
+        tl.broadcast_to(_x_pair(x_at, 3), shape),
+    )
 
 
 @triton.jit
@@ -484,21 +508,28 @@ def _awq_gemv_kernel(
         # the first is used (a loop waits for each block's words in turn).
         offs_b = tl.arange(0, BLOCKS_PER_SPLIT)
         kb = pid_k * BLOCKS_PER_SPLIT + offs_b
-        words = tl.load(
-            w_ptr + ((kb * R)[:, None, None] + offs_r[None, :, None]) * N + offs_n[None, None, :],
-            mask=mask_n[None, None, :], other=0,
-        )  # fmt: skip
         g = (kb * BLOCK_K // GROUP)[:, None] * N + offs_n[None, :]
-        z = tl.load(z_ptr + g, mask=mask_n[None, :], other=0.0).to(tl.float32) + 1024.0
-        sc = tl.load(s_ptr + g, mask=mask_n[None, :], other=0.0).to(tl.float32)
-        if PDL:
-            tl.extra.cuda.gdc_wait()
-        x_at = x_row + (kb * BLOCK_K)[:, None] + offs_r[None, :] * 8
-        if HALF2:
-            z = z - 1024.0  # back to z, whole numbers 0..15: exact in fp16
-            dots = _word_dots_f16x2(words, z.to(tl.float16)[:, None, :], x_at, ASM, PAIRED)
+        if HALF2:  # the even and odd word rows apart (_word_dots_f16x2)
+            rows_a = (kb * R)[:, None, None] + 2 * tl.arange(0, R // 2)[None, :, None]
+            w_a = w_ptr + rows_a * N + offs_n[None, None, :]
+            words_a = tl.load(w_a, mask=mask_n[None, None, :], other=0)
+            words_b = tl.load(w_a + N, mask=mask_n[None, None, :], other=0)
+            z16 = tl.load(z_ptr + g, mask=mask_n[None, :], other=0.0)  # whole numbers 0..15
+            sc = tl.load(s_ptr + g, mask=mask_n[None, :], other=0.0).to(tl.float32)
+            if PDL:
+                tl.extra.cuda.gdc_wait()
+            dots = _word_dots_f16x2(words_a, words_b, z16[:, None, :], x_row + rows_a * 8, ASM, PAIRED)
             out = tl.sum(tl.sum(dots, axis=1) * sc, axis=0)
         else:
+            words = tl.load(
+                w_ptr + ((kb * R)[:, None, None] + offs_r[None, :, None]) * N + offs_n[None, None, :],
+                mask=mask_n[None, None, :], other=0,
+            )  # fmt: skip
+            z = tl.load(z_ptr + g, mask=mask_n[None, :], other=0.0).to(tl.float32) + 1024.0
+            sc = tl.load(s_ptr + g, mask=mask_n[None, :], other=0.0).to(tl.float32)
+            if PDL:
+                tl.extra.cuda.gdc_wait()
+            x_at = x_row + (kb * BLOCK_K)[:, None] + offs_r[None, :] * 8
             xq, x_sum = _pair_products(words, x_at, ASM, PAIRED)
             part = sc[:, None, :] * (xq - x_sum[:, :, None] * z[:, None, :])
             out = tl.sum(tl.reshape(part, (BLOCKS_PER_SPLIT * R, BLOCK_N)), axis=0)
