@@ -96,6 +96,12 @@ def copy_bandwidth() -> float:
     return 2 * src.numel() / ms / 1e6  # GB/s: read + write
 
 
+def weight_copies(k: int, n: int) -> int:
+    """How many copies of a [K, N] 4-bit weight to rotate over: more than twice the 50 MB L2 together,
+    so that no call finds its weight cached."""
+    return max(2, -(-120 * 2**20 // (k * n // 2)))
+
+
 def random_awq(k: int, n: int):
     qweight = torch.randint(-(2**31), 2**31 - 1, (k, n // 8), dtype=torch.int32, device="cuda")
     qzeros = torch.randint(-(2**31), 2**31 - 1, (k // GROUP, n // 8), dtype=torch.int32, device="cuda")
@@ -179,7 +185,7 @@ def make_layer(k: int, n: int, qweight, qzeros, scales) -> AWQLinear:
 
 def bench_shape(name: str, k: int, n: int, copy_gbs: float, autoawq) -> list[str]:
     copies = []
-    for _ in range(max(2, -(-120 * 2**20 // (k * n // 2)))):  # > 2x L2 in all
+    for _ in range(weight_copies(k, n)):
         qweight, qzeros, scales = random_awq(k, n)
         layer = make_layer(k, n, qweight, qzeros, scales)
         copies.append((layer, qweight, qzeros, scales, tinygemm(k, n)))
@@ -223,7 +229,7 @@ def sweep_shape(
     """The sweep's best tile, and the default's time on either nibble order (KPacked.paired). The
     grid runs on AWQLinear's order, or with `paired_grid` on the paired one."""
     packs, paired, nibbles = [], [], []
-    for _ in range(max(2, -(-120 * 2**20 // (k * n // 2)))):  # > 2x L2 in all, as in bench_shape
+    for _ in range(weight_copies(k, n)):
         checkpoint = random_awq(k, n)
         packs.append(make_layer(k, n, *checkpoint).kernel_weight)
         paired.append(kpack(*checkpoint, GROUP, paired=True))
@@ -249,7 +255,7 @@ def sweep_shape(
 def invariant_shape(name: str, k: int, n: int) -> list[str]:
     """AWQLinear batch-invariant (EngineConfig.batch_invariant) beside its default, per row count."""
     layers = []
-    for _ in range(max(2, -(-120 * 2**20 // (k * n // 2)))):  # > 2x L2 in all, as in bench_shape
+    for _ in range(weight_copies(k, n)):
         layers.append(make_layer(k, n, *random_awq(k, n)))
     rows = []
     for m in INVARIANT_ROWS:
@@ -272,7 +278,7 @@ def invariant_prefill_sweep(name: str, k: int, n: int) -> list[str]:
     """Wider batch-invariant tiles for prefill rows: time, and whether each row equals, bit for bit,
     what the 64-row invariant tile gives it (the tile's rows and columns may change with M, its K
     blocks and split may not)."""
-    layers = [make_layer(k, n, *random_awq(k, n)) for _ in range(max(2, -(-120 * 2**20 // (k * n // 2))))]
+    layers = [make_layer(k, n, *random_awq(k, n)) for _ in range(weight_copies(k, n))]
     packs = [layer.kernel_weight for layer in layers]
     rows = []
     for m in (512, 2048):
@@ -302,6 +308,15 @@ def invariant_prefill_sweep(name: str, k: int, n: int) -> list[str]:
             )
             print(rows[-1], flush=True)
     return rows
+
+
+def over_shapes(table) -> list[str]:
+    """table(name, k, n) for each 67B shape, the GPU's cache emptied after each."""
+    lines = []
+    for name, (k, n) in SHAPES.items():
+        lines += table(name, k, n)
+        torch.cuda.empty_cache()
+    return lines
 
 
 def main() -> None:
@@ -337,9 +352,7 @@ def main() -> None:
             "| shape | M | tile (rows × columns) | µs | rows equal the 64-row tile's | default (deq + cuBLAS) µs |",
             "|---|---:|---|---:|---|---:|",
         ]
-        for name, (k, n) in SHAPES.items():
-            lines += invariant_prefill_sweep(name, k, n)
-            torch.cuda.empty_cache()
+        lines += over_shapes(invariant_prefill_sweep)
     elif args.invariant:
         lines = [
             f"Batch-invariant AWQLinear (`invariant_config`) beside the default, {torch.cuda.get_device_name()}, "
@@ -348,9 +361,7 @@ def main() -> None:
             "| shape | M | default µs | invariant µs | invariant / default | invariant tile |",
             "|---|---:|---:|---:|---:|---|",
         ]
-        for name, (k, n) in SHAPES.items():
-            lines += invariant_shape(name, k, n)
-            torch.cuda.empty_cache()
+        lines += over_shapes(invariant_shape)
     elif args.sweep:
         lines = [
             "| shape | M | best config | µs | GB/s | default µs, nibbles in order | default µs, paired nibbles | deq+mm µs "
@@ -364,9 +375,7 @@ def main() -> None:
             )
             torch.cuda.empty_cache()
     else:
-        for name, (k, n) in SHAPES.items():
-            lines += bench_shape(name, k, n, copy_gbs, autoawq)
-            torch.cuda.empty_cache()
+        lines += over_shapes(lambda name, k, n: bench_shape(name, k, n, copy_gbs, autoawq))
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

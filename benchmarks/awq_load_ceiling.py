@@ -18,7 +18,7 @@ import itertools
 import torch
 import triton
 import triton.language as tl
-from awq_kernels import copy_bandwidth, graph_ms, random_awq
+from awq_kernels import copy_bandwidth, graph_ms, random_awq, weight_copies
 
 from tameshi.kernels.awq_triton import awq_matmul, default_config, kpack
 
@@ -54,10 +54,7 @@ def main() -> None:
     print(f"copy bandwidth {copy_gbs:.0f} GB/s (read + write of 1 GiB)\n")
     print("| shape | kernel | µs | GB/s | % of copy |\n|---|---|---:|---:|---:|")
     for name, (k, n) in SHAPES.items():
-        packs = [
-            kpack(*random_awq(k, n), GROUP, paired=True)
-            for _ in range(max(2, -(-120 * 2**20 // (k * n // 2))))
-        ]
+        packs = [kpack(*random_awq(k, n), GROUP, paired=True) for _ in range(weight_copies(k, n))]
         codes = packs[0].qweight.numel() * 4
         with_zs = codes + packs[0].zeros.numel() * 2 + packs[0].scales.numel() * 2
         y = torch.empty(n, dtype=torch.int32, device="cuda")

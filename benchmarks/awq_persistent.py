@@ -25,7 +25,7 @@ import itertools
 import torch
 import triton
 import triton.language as tl
-from awq_kernels import copy_bandwidth, graph_ms, random_awq
+from awq_kernels import copy_bandwidth, graph_ms, random_awq, weight_copies
 
 from tameshi.kernels.awq_triton import _store_output, _word_dots_f16x2, awq_matmul, kpack, split_k_scratch
 
@@ -91,10 +91,7 @@ def main() -> None:
     print(f"copy bandwidth {copy_gbs:.0f} GB/s (read + write of 1 GiB), {sms} SMs\n")
     print("| shape | kernel | µs | GB/s | % of copy | max error vs default |\n|---|---|---:|---:|---:|---:|")
     for name, (k, n) in SHAPES.items():
-        packs = [
-            kpack(*random_awq(k, n), GROUP, paired=True)
-            for _ in range(max(2, -(-120 * 2**20 // (k * n // 2))))
-        ]
+        packs = [kpack(*random_awq(k, n), GROUP, paired=True) for _ in range(weight_copies(k, n))]
         weight = sum(
             t.numel() * t.element_size() for t in (packs[0].qweight, packs[0].zeros, packs[0].scales)
         )

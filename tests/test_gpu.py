@@ -107,6 +107,16 @@ def test_awq_checkpoint_on_cuda_equals_cpu(tmp_path):
 SHAPES_67B = [(8192, 10240), (8192, 8192), (8192, 44032), (22016, 8192)]  # qkv, o, gate_up, down
 
 
+def random_awq_on_cuda(k: int, n: int, group: int, gen: torch.Generator):
+    """AutoAWQ GEMM tensors (qweight, qzeros, scales) with random codes, drawn on the GPU from `gen`."""
+    qweight = torch.randint(-(2**31), 2**31 - 1, (k, n // 8), dtype=torch.int32, device="cuda", generator=gen)
+    qzeros = torch.randint(
+        -(2**31), 2**31 - 1, (k // group, n // 8), dtype=torch.int32, device="cuda", generator=gen
+    )
+    scales = (torch.rand(k // group, n, device="cuda", generator=gen) * 0.01 + 0.001).half()
+    return qweight, qzeros, scales
+
+
 @pytest.mark.parametrize(("k", "n"), SHAPES_67B)
 def test_awq_kernels_at_67b_shapes_equal_reference(k, n):
     """What AWQLinear runs on CUDA (fused kernel for few rows, dequantize + cuBLAS for many) equals
@@ -116,11 +126,7 @@ def test_awq_kernels_at_67b_shapes_equal_reference(k, n):
 
     group = 128
     gen = torch.Generator(device="cuda").manual_seed(k + n)
-    qweight = torch.randint(-(2**31), 2**31 - 1, (k, n // 8), dtype=torch.int32, device="cuda", generator=gen)
-    qzeros = torch.randint(
-        -(2**31), 2**31 - 1, (k // group, n // 8), dtype=torch.int32, device="cuda", generator=gen
-    )
-    scales = (torch.rand(k // group, n, device="cuda", generator=gen) * 0.01 + 0.001).half()
+    qweight, qzeros, scales = random_awq_on_cuda(k, n, group, gen)
     w = dequantize_gemm(qweight, qzeros, scales, group)  # fp32 [k, n]
     packed = kpack(qweight, qzeros, scales, group)
     del qweight, qzeros
@@ -144,11 +150,7 @@ def gate_up_67b():
 
     k, n, group = 8192, 44032, 128
     gen = torch.Generator(device="cuda").manual_seed(1)
-    qweight = torch.randint(-(2**31), 2**31 - 1, (k, n // 8), dtype=torch.int32, device="cuda", generator=gen)
-    qzeros = torch.randint(
-        -(2**31), 2**31 - 1, (k // group, n // 8), dtype=torch.int32, device="cuda", generator=gen
-    )
-    scales = (torch.rand(k // group, n, device="cuda", generator=gen) * 0.01 + 0.001).half()
+    qweight, qzeros, scales = random_awq_on_cuda(k, n, group, gen)
     packs = {paired: kpack(qweight, qzeros, scales, group, paired) for paired in (False, True)}
     yield packs, dequantize_gemm(qweight, qzeros, scales, group)
     torch.cuda.empty_cache()
@@ -197,11 +199,7 @@ def test_batch_invariant_awq_rows_do_not_depend_on_the_batch(k, n):
 
     group = 128
     gen = torch.Generator(device="cuda").manual_seed(k + n)
-    qweight = torch.randint(-(2**31), 2**31 - 1, (k, n // 8), dtype=torch.int32, device="cuda", generator=gen)
-    qzeros = torch.randint(
-        -(2**31), 2**31 - 1, (k // group, n // 8), dtype=torch.int32, device="cuda", generator=gen
-    )
-    scales = (torch.rand(k // group, n, device="cuda", generator=gen) * 0.01 + 0.001).half()
+    qweight, qzeros, scales = random_awq_on_cuda(k, n, group, gen)
     packed = kpack(qweight, qzeros, scales, group, paired=True)
     x = torch.randn(300, k, device="cuda", generator=gen).half()
 
