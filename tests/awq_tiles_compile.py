@@ -16,9 +16,10 @@ import torch
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, compile
 
+from tameshi.kernels.awq_gemv import stream_configs
 from tameshi.kernels.awq_triton import (
     _awq_dequantize_kernel,
-    _awq_gemv_kernel,
+    _awq_matmul_kernel,
     default_config,
     invariant_config,
     kernel_constants,
@@ -36,7 +37,7 @@ def signature(kernel, consts: dict, dtype: torch.dtype) -> dict:
     act = "*fp16" if dtype == torch.float16 else "*bf16"
     sig = {"x_ptr": act, "w_ptr": "*i32", "z_ptr": "*fp16", "s_ptr": "*fp16", "y_ptr": "*fp32"}
     sig |= {"ws_ptr": "*fp32", "count_ptr": "*i32"}
-    sig |= {name: "i32" for name in (("N",) if kernel is _awq_gemv_kernel else ("M", "N"))}
+    sig |= {name: "i32" for name in (("M", "N") if kernel is _awq_matmul_kernel else ("N",))}
     sig |= {"stride_xm": "i32", "stride_ym": "i32"}
     return sig | {name: "constexpr" for name in consts}
 
@@ -86,11 +87,40 @@ def main() -> int:
             failed.append(
                 f"dequantize group={group} paired={paired} by_word={by_word}: {str(e).splitlines()[0]}"
             )
+    failed += compile_stream_tiles(target, seen)
     failed += compile_decode_kernels(target)
     print(f"{len(seen)} tiles and the decode step's other kernels compiled for sm_90, {len(failed)} failed")
     for line in failed:
         print(line)
     return 1 if failed else 0
+
+
+def compile_stream_tiles(target: GPUTarget, seen: set) -> list[str]:
+    """The streamed one-row kernel's candidate tiles (awq_gemv.stream_configs, which
+    benchmarks/awq_stream.py times): each width, unit and depth at group 128 with the fewest units a
+    program, the most unrolled one, columns masked at both depths, and group 64 (a 128-row unrolled
+    tile takes ptxas several seconds: not all of them)."""
+    configs = stream_configs(8192, 128)
+    shapes = {(c.block_n, c.block_k, c.depth): c for c in reversed(configs)}  # the fewest units
+    jobs = [(128, 8192, c) for c in shapes.values()] + [(128, 8192, max(configs, key=lambda c: -c.split_k))]
+    jobs += [(128, 8192 + 128, c) for c in configs if c.block_n == 256 and c.split_k == 16]
+    jobs += [(64, 8192, stream_configs(8192, 64)[-1])]
+    failed = []
+    for group, n, cfg in jobs:
+        kernel, consts = kernel_constants(cfg, 8192, group, torch.float16, True, with_pdl=True, n=n)
+        consts["ASM"] = True
+        key = (kernel.__name__, tuple(sorted(consts.items())), cfg.num_warps)
+        if key in seen:
+            continue
+        seen.add(key)
+        sig = signature(kernel, consts, torch.float16)
+        attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(sig) if sig[name] != "constexpr"}
+        try:
+            options = {"num_warps": cfg.num_warps, "num_stages": 1, "launch_pdl": True}
+            compile(ASTSource(kernel, sig, consts, attrs), target=target, options=options)
+        except Exception as e:  # report every tile that fails, then fail
+            failed.append(f"streamed group={group} N={n}: {cfg}: {str(e).splitlines()[0]}")
+    return failed
 
 
 def compile_decode_kernels(target: GPUTarget) -> list[str]:

@@ -18,6 +18,7 @@ from tameshi.kernels.awq_triton import (  # noqa: E402
     default_config,
     invariant_config,
     kdequantize_reference,
+    kernel_constants,
     kpack,
     launch,
 )
@@ -133,6 +134,89 @@ def test_packed_fp16_products_take_outlier_activations():
     ref = x.cpu().float() @ w
     assert y.isfinite().all()
     torch.testing.assert_close(y, ref, rtol=2**-9, atol=2**-9 * ref.abs().max().item())
+
+
+STREAM = dict(by_word=True, magic=True, fixup=True, stream=True)
+
+
+@pytest.mark.parametrize(
+    ("m", "k", "n", "group", "config"),
+    [
+        (1, 512, 256, 128, MatmulConfig(1, 256, 128, 2, 2, **STREAM)),  # two units a program, one ahead
+        (1, 512, 384, 128, MatmulConfig(1, 256, 128, 1, 2, **STREAM)),  # N not a multiple of the tile
+        (2, 512, 128, 64, MatmulConfig(1, 128, 32, 4, 1, **STREAM, depth=2)),  # two ahead; two rows
+        (1, 512, 512, 128, MatmulConfig(1, 512, 64, 1, 4, **STREAM, depth=2)),  # 8 units, 4 warps
+        (1, 256, 128, 32, MatmulConfig(1, 128, 16, 8, 1, **STREAM)),  # one unit a program, split 8
+    ],
+)
+def test_streamed_one_row_kernel_equals_reference(m, k, n, group, config):
+    """The streamed one-row kernel (awq_gemv; fp16 x, paired words) against the reference. Its
+    products are the packed fp16 ones of half2, as exact (2**-9 of the largest output). On CPU this
+    runs the interpreter's fp16 form of its arithmetic; the PTX form compiles in
+    test_default_tiles_compile_for_sm90 and runs in tests/test_gpu.py."""
+    packed, w = packed_and_reference(k, n, group, seed=m + k + n, paired=True)
+    kernel, consts = kernel_constants(config, k, group, torch.float16, paired=True, n=n)
+    assert kernel.fn.__name__ == "_awq_gemv_stream_kernel"
+    assert consts["UNITS"] * consts["SPLIT_K"] * config.block_k == k and consts["EVEN"] == (
+        n % config.block_n == 0
+    )
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(m)).half().to(DEVICE)
+    y = awq_matmul(x, packed, config)
+    ref = x.cpu().float() @ w
+    torch.testing.assert_close(y.cpu().float(), ref, rtol=2**-9, atol=2**-9 * ref.abs().max().item())
+    if DEVICE == "cpu":  # the interpreter runs programs in order; a GPU adds split K in any order
+        assert torch.equal(awq_matmul(x, packed, config), y)
+    ws, counts = _scratch[x.device]
+    assert not ws.any() and not counts.any()
+    y32 = awq_matmul(x, packed, config, out_dtype=torch.float32)  # tensor parallel's partial sums
+    assert y32.dtype == torch.float32
+    torch.testing.assert_close(y32.cpu(), ref, rtol=2**-9, atol=2**-9 * ref.abs().max().item())
+
+
+def test_streamed_one_row_kernel_takes_outlier_activations():
+    packed, w = packed_and_reference(512, 256, 128, seed=9, paired=True)
+    x = torch.randn(1, 512, generator=torch.Generator().manual_seed(9))
+    x[0, ::61] = 900.0
+    x = x.half().to(DEVICE)
+    y = awq_matmul(x, packed, MatmulConfig(1, 256, 128, 2, 2, **STREAM)).cpu().float()
+    ref = x.cpu().float() @ w
+    assert y.isfinite().all()
+    torch.testing.assert_close(y, ref, rtol=2**-9, atol=2**-9 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("case", ["bf16", "nibbles", "unaligned"])
+def test_streamed_one_row_kernel_falls_back_where_it_cannot_read(case):
+    """bf16 x, words in natural nibble order, and x not 16-byte aligned (a row of a larger
+    buffer) go to the default one-row kernel with the same blocks, and still equal the reference."""
+    k, n, group = 512, 256, 128
+    packed, w = packed_and_reference(k, n, group, seed=4, paired=case != "nibbles")
+    cfg = MatmulConfig(1, 256, 128, 2, 2, **STREAM)
+    dtype = torch.bfloat16 if case == "bf16" else torch.float16
+    buffer = torch.randn(1, k + 1, generator=torch.Generator().manual_seed(4)).to(dtype).to(DEVICE)
+    x = buffer[:, 1:] if case == "unaligned" else buffer[:, :k].contiguous()
+    assert x.is_contiguous() and (x.data_ptr() % 16 != 0) == (case == "unaligned")
+    y = awq_matmul(x, packed, cfg)
+    ref = x.cpu().float() @ w
+    eps = 2**-8 if dtype == torch.bfloat16 else 2**-11
+    torch.testing.assert_close(y.cpu().float(), ref, rtol=eps, atol=eps * ref.abs().max().item())
+
+
+def test_streamed_tile_shape_is_checked():
+    packed, _ = packed_and_reference(256, 256, 128, seed=0, paired=True)
+    x = torch.zeros(1, 256, dtype=torch.float16, device=DEVICE)
+    with pytest.raises(ValueError, match="128 columns a warp"):
+        awq_matmul(x, packed, MatmulConfig(1, 256, 128, 1, 4, **STREAM))
+
+
+def test_stream_configs_divide_k():
+    from tameshi.kernels.awq_gemv import stream_configs
+
+    for k, group in [(8192, 128), (22016, 128), (4096, 64), (11008, 128), (576, 64), (256, 32)]:
+        configs = stream_configs(k, group)
+        assert configs
+        for c in configs:
+            assert group % c.block_k == 0 and k % (c.block_k * c.split_k) == 0
+            assert c.num_warps * 128 == c.block_n and k // c.split_k <= 1024
 
 
 @pytest.mark.parametrize("config", [MatmulConfig(1, 64, 64, 1, by_word=True), MatmulConfig(16, 64, 64, 1)])

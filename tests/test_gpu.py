@@ -158,7 +158,19 @@ def gate_up_67b():
 
 @pytest.mark.parametrize(
     "variant",
-    ["default", "fixup", "magic", "by_word", "pairs", "scaled", "whole_split", "half2", "swap", "paired"],
+    [
+        "default",
+        "fixup",
+        "magic",
+        "by_word",
+        "pairs",
+        "scaled",
+        "whole_split",
+        "half2",
+        "swap",
+        "paired",
+        "stream",
+    ],
 )
 @pytest.mark.parametrize("m", [1, 4, 16, 64])
 def test_awq_kernel_variants_at_the_gate_up_shape(request, gate_up_67b, m, variant):
@@ -175,11 +187,14 @@ def test_awq_kernel_variants_at_the_gate_up_shape(request, gate_up_67b, m, varia
     packs, w = gate_up_67b
     packed = packs[variant == "paired"]  # the paired nibble order (KPacked.paired), default tiles
     cfg = default_config(m, 44032, 8192, 128)
-    one_row_only, tile_only = {"whole_split", "half2"}, {"by_word", "pairs", "scaled", "swap"}
+    one_row_only, tile_only = {"whole_split", "half2", "stream"}, {"by_word", "pairs", "scaled", "swap"}
     if variant in (tile_only if cfg.block_m == 1 else one_row_only):
         pytest.skip(f"{variant} is not a switch of the {'one-row' if cfg.block_m == 1 else 'tile'} kernel")
     if variant == "scaled":
         cfg = dataclasses.replace(cfg, pairs=True, scaled=not cfg.scaled)
+    elif variant == "stream":  # paired words only, 128 columns a warp
+        packed = packs[True]
+        cfg = dataclasses.replace(cfg, stream=True, num_warps=cfg.block_n // 128)
     elif variant not in ("default", "paired"):
         cfg = dataclasses.replace(cfg, **{variant: not getattr(cfg, variant)})
     x = torch.randn(m, 8192, device="cuda", generator=torch.Generator(device="cuda").manual_seed(m)).half()
@@ -187,6 +202,96 @@ def test_awq_kernel_variants_at_the_gate_up_shape(request, gate_up_67b, m, varia
     got = awq_matmul(x, packed, cfg).float()
     err = (got - ref).abs().max().item() / ref.abs().max().item()
     assert err < 2e-3, f"{cfg}: max error {err:.2e} of the largest output"
+
+
+def stream_subset(k: int) -> list:
+    """A few of the streamed kernel's tiles (awq_gemv.stream_configs): each width and unit/depth once,
+    at 2-4 units a program where K allows."""
+    from tameshi.kernels.awq_gemv import stream_configs
+
+    picked = {}
+    for cfg in stream_configs(k, 128):
+        per = k // cfg.block_k // cfg.split_k
+        key = (cfg.block_n, cfg.block_k, cfg.depth)
+        if key not in picked or abs(per - 3) < abs(k // picked[key].block_k // picked[key].split_k - 3):
+            picked[key] = cfg
+    return list(picked.values())
+
+
+@pytest.mark.parametrize(("k", "n"), SHAPES_67B)
+def test_streamed_one_row_kernel_at_67b_shapes_equals_reference(k, n):
+    """The streamed one-row kernel's PTX (awq_gemv; the CPU tests run its interpreter form) at the 67B
+    shapes, for each width, unit and depth: within 2e-3 of the largest output, every column written
+    (y starts as NaN), its split-K scratch left zero."""
+    from tameshi.kernels.awq_triton import _scratch, kpack, launch, split_k_scratch
+    from tameshi.loading.awq import dequantize_gemm
+
+    gen = torch.Generator(device="cuda").manual_seed(k + n + 1)
+    qweight, qzeros, scales = random_awq_on_cuda(k, n, 128, gen)
+    w = dequantize_gemm(qweight, qzeros, scales, 128)
+    packed = kpack(qweight, qzeros, scales, 128, paired=True)
+    x = torch.randn(1, k, device="cuda", generator=gen).half()
+    ref = x.float() @ w
+    for cfg in stream_subset(k):
+        y = torch.full((1, n), float("nan"), dtype=torch.float16, device="cuda")
+        launch(x, packed, cfg, y, *split_k_scratch(x.device, n, n // cfg.block_n))
+        got = y.float()
+        assert got.isfinite().all(), cfg
+        err = (got - ref).abs().max().item() / ref.abs().max().item()
+        assert err < 2e-3, f"{cfg}: max error {err:.2e} of the largest output"
+        ws, counts = _scratch[x.device]
+        assert not ws.any() and not counts.any(), cfg
+    del w
+    torch.cuda.empty_cache()
+
+
+def test_streamed_one_row_kernel_reads_x_after_the_kernel_that_writes_it():
+    """With programmatic dependent launch the streamed kernel starts while the norm before it is still
+    running, and may only load its weights then: inside a CUDA graph, norm -> matmul -> norm -> matmul
+    on fresh inputs each replay equals the same chain run eagerly one kernel at a time."""
+    from tameshi.kernels import pdl
+    from tameshi.kernels.awq_triton import MatmulConfig, awq_matmul, kpack
+    from tameshi.kernels.fused import add_rms_norm
+
+    if not pdl(torch.device("cuda")):
+        pytest.skip("programmatic dependent launch needs sm_90")
+    k = 8192
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    packed = kpack(*random_awq_on_cuda(k, k, 128, gen), 128, paired=True)
+    weight = torch.rand(k, device="cuda", generator=gen).half() + 0.5
+    cfg = MatmulConfig(1, 256, 128, 16, 2, by_word=True, magic=True, fixup=True, stream=True)
+    src = torch.randn(1, k, device="cuda", generator=gen).half()
+
+    def chain():
+        _, h = add_rms_norm(src, None, weight, 1e-6)
+        y = awq_matmul(h, packed, cfg)
+        _, h = add_rms_norm(y, None, weight, 1e-6)
+        return awq_matmul(h, packed, cfg)
+
+    chain()  # compile outside the capture
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        chain()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = chain()
+    for seed in range(5):
+        src.copy_(
+            torch.randn(1, k, device="cuda", generator=torch.Generator(device="cuda").manual_seed(seed))
+        )
+        graph.replay()
+        torch.cuda.synchronize()
+        _, h = add_rms_norm(src, None, weight, 1e-6)
+        torch.cuda.synchronize()
+        y = awq_matmul(h, packed, cfg)
+        torch.cuda.synchronize()
+        _, h = add_rms_norm(y, None, weight, 1e-6)
+        torch.cuda.synchronize()
+        want = awq_matmul(h, packed, cfg)
+        err = (out.float() - want.float()).abs().max().item() / want.float().abs().max().item()
+        assert err < 1e-2, f"replay {seed}: {err:.2e}"  # split K adds in any order; stale x is far off
 
 
 @pytest.mark.parametrize(("k", "n"), [(8192, 10240), (8192, 44032), (22016, 8192)])

@@ -23,6 +23,7 @@ reference) by tests/test_awq_triton.py, under TRITON_INTERPRET=1 on CPU.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -614,6 +615,11 @@ class MatmulConfig:
     # tensor-core tile with pairs and scaled: y^T = W x^T, the dequantized weights as the dot's first
     # operand (Hopper's wgmma takes that one from registers; the second must be in shared memory)
     swap: bool = False
+    # one-row kernel, fp16 x on paired words: each program walks its share of K a unit of block_k
+    # (one group or part of one) at a time, loading `depth` units ahead of the one it computes
+    # (tameshi.kernels.awq_gemv); num_warps must be block_n / 128 (4 columns a thread, all rows)
+    stream: bool = False
+    depth: int = 1
 
 
 def default_config(m: int, n: int, k: int, group: int) -> MatmulConfig:
@@ -734,11 +740,13 @@ def launch(
     n = packed.shape[1]
     grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, cfg.block_m), cfg.split_k)
     with_pdl = pdl(x.device)
-    kernel, consts = kernel_constants(cfg, k, packed.group, x.dtype, packed.paired, with_pdl)
-    sizes = (n,) if kernel is _awq_gemv_kernel else (m, n)
+    if cfg.stream and not stream_fits(x):
+        cfg = dataclasses.replace(cfg, stream=False)  # the default one-row kernel, same blocks
+    kernel, consts = kernel_constants(cfg, k, packed.group, x.dtype, packed.paired, with_pdl, n)
+    sizes = (m, n) if kernel is _awq_matmul_kernel else (n,)
     if consts.get("HALF2") and packed.paired and (x.data_ptr() % 4 or x.stride(0) % 2):
         consts["HALF2"] = False  # it reads paired words' x as int32 words
-    if kernel is _awq_gemv_kernel and with_pdl:
+    if kernel is not _awq_matmul_kernel and with_pdl:
         consts["launch_pdl"] = True
     kernel[grid](
         x, packed.qweight, packed.zeros, packed.scales, y, ws, counts, *sizes, x.stride(0), y.stride(0),
@@ -746,14 +754,43 @@ def launch(
     )  # fmt: skip
 
 
+def stream_fits(x: torch.Tensor) -> bool:
+    """Can the streamed one-row kernel read x? It loads 16 bytes of fp16 x at a time."""
+    return x.dtype == torch.float16 and x.data_ptr() % 16 == 0 and (x.shape[0] == 1 or x.stride(0) % 8 == 0)
+
+
 def kernel_constants(
-    cfg: MatmulConfig, k: int, group: int, dtype: torch.dtype, paired: bool = False, with_pdl: bool = False
+    cfg: MatmulConfig,
+    k: int,
+    group: int,
+    dtype: torch.dtype,
+    paired: bool = False,
+    with_pdl: bool = False,
+    n: int | None = None,
 ) -> tuple:
     """The kernel that runs `cfg` and its compile-time constants (also for compiling it ahead, in tests).
-    `with_pdl`: launched with programmatic dependent launch (the one-row kernel takes it)."""
+    `with_pdl`: launched with programmatic dependent launch (the one-row kernels take it). `n`, where
+    known, lets the streamed kernel drop its column masks."""
     fixup = cfg.split_k > 1 and cfg.fixup
     blocks = k // cfg.block_k // cfg.split_k  # per program
     asm = not interpreted()
+    if cfg.block_m == 1 and cfg.stream and paired and dtype == torch.float16:
+        from tameshi.kernels.awq_gemv import _awq_gemv_stream_kernel  # it imports this module
+
+        if (
+            cfg.num_warps * 128 != cfg.block_n
+            or cfg.depth not in (1, 2)
+            or k // cfg.block_k // cfg.split_k < cfg.depth
+            or cfg.block_k not in (16, 32, 64, 128)
+        ):
+            raise ValueError(
+                f"a streamed one-row tile needs 128 columns a warp, depth 1 or 2 (and as many units a program), block_k 16-128: {cfg}"
+            )
+        consts = dict(
+            GROUP=group, BLOCK_N=cfg.block_n, RU=cfg.block_k // 8, UNITS=blocks, SPLIT_K=cfg.split_k,
+            DEPTH=cfg.depth, FIXUP=fixup, EVEN=n is not None and n % cfg.block_n == 0, ASM=asm, PDL=with_pdl,
+        )  # fmt: skip
+        return _awq_gemv_stream_kernel, consts
     if cfg.block_m == 1 and cfg.by_word:
         return _awq_gemv_kernel, dict(
             GROUP=group, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k,
