@@ -376,11 +376,16 @@ def main() -> None:
             torch.cuda.empty_cache()
     else:
         lines += over_shapes(lambda name, k, n: bench_shape(name, k, n, copy_gbs, autoawq))
+    emit(lines, args.out)
+
+
+def emit(lines: list[str], out: Path | None) -> None:
+    """Print the report, and write it to `out` where one is given."""
     text = "\n".join(lines) + "\n"
     print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
 
 
 if __name__ == "__main__":

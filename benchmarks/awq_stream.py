@@ -23,7 +23,7 @@ import torch
 import triton
 
 sys.path.insert(0, str(Path(__file__).parent))
-from awq_kernels import GROUP, SHAPES, SHAPES_7B, copy_bandwidth, graph_ms, random_awq, weight_copies
+from awq_kernels import GROUP, SHAPES, SHAPES_7B, copy_bandwidth, emit, graph_ms, random_awq, weight_copies
 
 from tameshi.kernels.awq_gemv import stream_configs
 from tameshi.kernels.awq_triton import MatmulConfig, awq_matmul, kdequantize_reference, kpack
@@ -140,11 +140,7 @@ def main() -> None:
         "|---|---:|---:|---:|---:|---|",
         *summaries,
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":
