@@ -9,8 +9,12 @@ Run without TRITON_INTERPRET, which replaces the kernels by the interpreter's.
 
 from __future__ import annotations
 
+import importlib
 import itertools
+import multiprocessing
+import os
 import sys
+from concurrent.futures import ProcessPoolExecutor
 
 import torch
 from triton.backends.compiler import GPUTarget
@@ -42,9 +46,13 @@ def signature(kernel, consts: dict, dtype: torch.dtype) -> dict:
     return sig | {name: "constexpr" for name in consts}
 
 
-def main() -> int:
-    seen, failed = set(), []
-    target = GPUTarget("cuda", 90, 32)
+# A job: (kernel, signature, constants, attributes, options, what to call it in a failure)
+Job = tuple
+
+
+def awq_tile_jobs(seen: set) -> list[Job]:
+    """AWQLinear's default and batch-invariant tiles over SHAPES, GROUPS and both nibble orders."""
+    jobs = []
     tiles = [(m, False) for m in ROWS] + [(m, True) for m in INVARIANT_ROWS]
     grid = itertools.product(SHAPES, GROUPS, tiles, (torch.float16, torch.bfloat16), (False, True))
     for (k, n), group, (m, invariant), dtype, paired in grid:
@@ -60,18 +68,9 @@ def main() -> int:
         sig = signature(kernel, consts, dtype)
         ints = [i for i, name in enumerate(sig) if sig[name] != "constexpr" and name != "M"]
         attrs = {(i,): [["tt.divisibility", 16]] for i in ints}
-        try:
-            options = {
-                "num_warps": cfg.num_warps,
-                "num_stages": cfg.num_stages,
-                "launch_pdl": "PDL" in consts,
-            }
-            compile(ASTSource(kernel, sig, consts, attrs), target=target, options=options)
-        except Exception as e:  # report every tile that fails, then fail
-            failed.append(
-                f"K={k} N={n} group={group} M={m} {dtype} paired={paired} invariant={invariant}: {cfg}: "
-                f"{str(e).splitlines()[0]}"
-            )
+        options = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages, "launch_pdl": "PDL" in consts}
+        label = f"K={k} N={n} group={group} M={m} {dtype} paired={paired} invariant={invariant}: {cfg}"
+        jobs.append((kernel, sig, consts, attrs, options, label))
     for group, paired, by_word in itertools.product(GROUPS, (False, True), (False, True)):  # dequantize
         block_k = next(b for b in (64, 32, 16, 8) if group % b == 0) if by_word else min(group, 32)
         consts = {"GROUP": group, "BLOCK_N": 128, "BLOCK_K": block_k, "PAIRED": paired, "BY_WORD": by_word}
@@ -79,34 +78,47 @@ def main() -> int:
         sig |= {name: "constexpr" for name in consts}
         attrs = {(i,): [["tt.divisibility", 16]] for i in range(5)}
         seen.add(("dequantize", group, paired, by_word))
-        try:
-            compile(
-                ASTSource(_awq_dequantize_kernel, sig, consts, attrs), target=target, options={"num_warps": 4}
-            )
-        except Exception as e:  # report every kernel that fails, then fail
-            failed.append(
-                f"dequantize group={group} paired={paired} by_word={by_word}: {str(e).splitlines()[0]}"
-            )
-    failed += compile_stream_tiles(target, seen)
-    failed += compile_decode_kernels(target)
-    print(f"{len(seen)} tiles and the decode step's other kernels compiled for sm_90, {len(failed)} failed")
+        label = f"dequantize group={group} paired={paired} by_word={by_word}"
+        jobs.append((_awq_dequantize_kernel, sig, consts, attrs, {"num_warps": 4}, label))
+    return jobs
+
+
+def compile_one(job: tuple) -> str | None:
+    """Compile one job (its kernel named by module and name, to cross processes); the failure, if any."""
+    (module, name), sig, consts, attrs, options, label = job
+    kernel = getattr(importlib.import_module(module), name)
+    try:
+        compile(ASTSource(kernel, sig, consts, attrs), target=GPUTarget("cuda", 90, 32), options=options)
+    except Exception as e:  # report every kernel that fails, then fail
+        return f"{label}: {str(e).splitlines()[0]}"
+    return None
+
+
+def main() -> int:
+    seen: set = set()
+    jobs = awq_tile_jobs(seen) + stream_tile_jobs(seen) + decode_kernel_jobs()
+    named = [((kernel.fn.__module__, kernel.fn.__name__), *rest) for kernel, *rest in jobs]
+    # ptxas takes most of the time, one kernel at a time: one process a core
+    with ProcessPoolExecutor(os.cpu_count() or 1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        failed = [line for line in pool.map(compile_one, named) if line]
+    print(f"{len(jobs)} tiles and the decode step's other kernels compiled for sm_90, {len(failed)} failed")
     for line in failed:
         print(line)
     return 1 if failed else 0
 
 
-def compile_stream_tiles(target: GPUTarget, seen: set) -> list[str]:
+def stream_tile_jobs(seen: set) -> list[Job]:
     """The streamed one-row kernel's candidate tiles (awq_gemv.stream_configs, which
     benchmarks/awq_stream.py times): each width, unit and depth at group 128 with the fewest units a
     program, the most unrolled one, columns masked at both depths, and group 64 (a 128-row unrolled
     tile takes ptxas several seconds: not all of them)."""
     configs = stream_configs(8192, 128)
     shapes = {(c.block_n, c.block_k, c.depth): c for c in reversed(configs)}  # the fewest units
-    jobs = [(128, 8192, c) for c in shapes.values()] + [(128, 8192, max(configs, key=lambda c: -c.split_k))]
-    jobs += [(128, 8192 + 128, c) for c in configs if c.block_n == 256 and c.split_k == 16]
-    jobs += [(64, 8192, stream_configs(8192, 64)[-1])]
-    failed = []
-    for group, n, cfg in jobs:
+    picks = [(128, 8192, c) for c in shapes.values()] + [(128, 8192, max(configs, key=lambda c: -c.split_k))]
+    picks += [(128, 8192 + 128, c) for c in configs if c.block_n == 256 and c.split_k == 16]
+    picks += [(64, 8192, stream_configs(8192, 64)[-1])]
+    jobs = []
+    for group, n, cfg in picks:
         kernel, consts = kernel_constants(cfg, 8192, group, torch.float16, True, with_pdl=True, n=n)
         consts["ASM"] = True
         key = (kernel.__name__, tuple(sorted(consts.items())), cfg.num_warps)
@@ -115,15 +127,12 @@ def compile_stream_tiles(target: GPUTarget, seen: set) -> list[str]:
         seen.add(key)
         sig = signature(kernel, consts, torch.float16)
         attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(sig) if sig[name] != "constexpr"}
-        try:
-            options = {"num_warps": cfg.num_warps, "num_stages": 1, "launch_pdl": True}
-            compile(ASTSource(kernel, sig, consts, attrs), target=target, options=options)
-        except Exception as e:  # report every tile that fails, then fail
-            failed.append(f"streamed group={group} N={n}: {cfg}: {str(e).splitlines()[0]}")
-    return failed
+        options = {"num_warps": cfg.num_warps, "num_stages": 1, "launch_pdl": True}
+        jobs.append((kernel, sig, consts, attrs, options, f"streamed group={group} N={n}: {cfg}"))
+    return jobs
 
 
-def compile_decode_kernels(target: GPUTarget) -> list[str]:
+def decode_kernel_jobs() -> list[Job]:
     """The other kernels of a decode step, as sm_90 launches them (PDL on), at the 67B and 7B shapes."""
     from tameshi.kernels import fused, paged_attention
 
@@ -163,17 +172,13 @@ def compile_decode_kernels(target: GPUTarget) -> list[str]:
     sig = {"acc_ptr": "*fp32", "max_ptr": "*fp32", "sum_ptr": "*fp32", "lens_ptr": "*i64", "out_ptr": f16}
     consts = {"HEAD_DIM": 128, "CHUNK": paged_attention.CHUNK, "SPLITS": paged_attention.SPLITS}
     jobs.append((paged_attention._merge_kernel, sig, consts, 4))
-    failed = []
+    out = []
     for kernel, sig, consts, warps in jobs:
         consts = {**consts, "PDL": True}
-        try:
-            compile(
-                ASTSource(kernel, sig | dict.fromkeys(consts, "constexpr"), consts),
-                target=target, options={"num_warps": warps, "launch_pdl": True},
-            )  # fmt: skip
-        except Exception as e:  # report every kernel that fails, then fail
-            failed.append(f"{kernel.fn.__name__} {consts}: {str(e).splitlines()[0]}")
-    return failed
+        sig = sig | dict.fromkeys(consts, "constexpr")
+        options = {"num_warps": warps, "launch_pdl": True}
+        out.append((kernel, sig, consts, {}, options, f"{kernel.fn.__name__} {consts}"))
+    return out
 
 
 if __name__ == "__main__":
