@@ -50,9 +50,9 @@ def signature(kernel, consts: dict, dtype: torch.dtype) -> dict:
 Job = tuple
 
 
-def awq_tile_jobs(seen: set) -> list[Job]:
+def awq_tile_jobs() -> list[Job]:
     """AWQLinear's default and batch-invariant tiles over SHAPES, GROUPS and both nibble orders."""
-    jobs = []
+    jobs, seen = [], set()
     tiles = [(m, False) for m in ROWS] + [(m, True) for m in INVARIANT_ROWS]
     grid = itertools.product(SHAPES, GROUPS, tiles, (torch.float16, torch.bfloat16), (False, True))
     for (k, n), group, (m, invariant), dtype, paired in grid:
@@ -77,7 +77,6 @@ def awq_tile_jobs(seen: set) -> list[Job]:
         sig = {"w_ptr": "*i32", "z_ptr": "*fp16", "s_ptr": "*fp16", "out_ptr": "*fp16", "N": "i32"}
         sig |= {name: "constexpr" for name in consts}
         attrs = {(i,): [["tt.divisibility", 16]] for i in range(5)}
-        seen.add(("dequantize", group, paired, by_word))
         label = f"dequantize group={group} paired={paired} by_word={by_word}"
         jobs.append((_awq_dequantize_kernel, sig, consts, attrs, {"num_warps": 4}, label))
     return jobs
@@ -95,8 +94,7 @@ def compile_one(job: tuple) -> str | None:
 
 
 def main() -> int:
-    seen: set = set()
-    jobs = awq_tile_jobs(seen) + stream_tile_jobs(seen) + decode_kernel_jobs()
+    jobs = awq_tile_jobs() + stream_tile_jobs() + decode_kernel_jobs()
     named = [((kernel.fn.__module__, kernel.fn.__name__), *rest) for kernel, *rest in jobs]
     # ptxas takes most of the time, one kernel at a time: one process a core
     with ProcessPoolExecutor(os.cpu_count() or 1, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -107,17 +105,17 @@ def main() -> int:
     return 1 if failed else 0
 
 
-def stream_tile_jobs(seen: set) -> list[Job]:
+def stream_tile_jobs() -> list[Job]:
     """The streamed one-row kernel's candidate tiles (awq_gemv.stream_configs, which
     benchmarks/awq_stream.py times): each width, unit and depth at group 128 with the fewest units a
     program, the most unrolled one, columns masked at both depths, and group 64 (a 128-row unrolled
     tile takes ptxas several seconds: not all of them)."""
     configs = stream_configs(8192, 128)
     shapes = {(c.block_n, c.block_k, c.depth): c for c in reversed(configs)}  # the fewest units
-    picks = [(128, 8192, c) for c in shapes.values()] + [(128, 8192, max(configs, key=lambda c: -c.split_k))]
+    picks = [(128, 8192, c) for c in shapes.values()] + [(128, 8192, min(configs, key=lambda c: c.split_k))]
     picks += [(128, 8192 + 128, c) for c in configs if c.block_n == 256 and c.split_k == 16]
     picks += [(64, 8192, stream_configs(8192, 64)[-1])]
-    jobs = []
+    jobs, seen = [], set()
     for group, n, cfg in picks:
         kernel, consts = kernel_constants(cfg, 8192, group, torch.float16, True, with_pdl=True, n=n)
         consts["ASM"] = True

@@ -209,13 +209,10 @@ def stream_subset(k: int) -> list:
     at 2-4 units a program where K allows."""
     from tameshi.kernels.awq_gemv import stream_configs
 
-    picked = {}
+    shapes: dict[tuple, list] = {}
     for cfg in stream_configs(k, 128):
-        per = k // cfg.block_k // cfg.split_k
-        key = (cfg.block_n, cfg.block_k, cfg.depth)
-        if key not in picked or abs(per - 3) < abs(k // picked[key].block_k // picked[key].split_k - 3):
-            picked[key] = cfg
-    return list(picked.values())
+        shapes.setdefault((cfg.block_n, cfg.block_k, cfg.depth), []).append(cfg)
+    return [min(same, key=lambda c: abs(k // c.block_k // c.split_k - 3)) for same in shapes.values()]
 
 
 @pytest.mark.parametrize(("k", "n"), SHAPES_67B)

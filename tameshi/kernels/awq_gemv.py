@@ -206,19 +206,17 @@ def stream_configs(k: int, group: int) -> list[MatmulConfig]:
     128, 256 or 512 columns (1, 2 or 4 warps); units of one group (16 word rows at group 128) loaded
     one ahead, or of half that, one or two ahead; up to 1024 of K a program, split K the rest."""
     out = []
+    units_and_depths = dict.fromkeys([(min(group, 128), 1), (min(group, 64), 1), (min(group // 2, 64), 2)])
     for block_n in (128, 256, 512):
-        for block_k, depth in ((128, 1), (64, 1), (64, 2)):
-            block_k = min(block_k, group) if depth == 1 else min(block_k, group // 2)
-            if block_k < 16 or group % block_k:
+        for block_k, depth in units_and_depths:
+            if block_k < 16:
                 continue
             units = k // block_k
             for per_program in (1, 2, 4, 8, 16):
                 if units % per_program or (depth == 2 and per_program < 3) or per_program * block_k > 1024:
                     continue
-                cfg = MatmulConfig(
+                out.append(MatmulConfig(
                     1, block_n, block_k, units // per_program, block_n // 128, 1,
                     by_word=True, magic=True, fixup=True, stream=True, depth=depth,
-                )  # fmt: skip
-                if cfg not in out:
-                    out.append(cfg)
+                ))  # fmt: skip
     return out

@@ -755,8 +755,8 @@ def launch(
 
 
 def stream_fits(x: torch.Tensor) -> bool:
-    """Can the streamed one-row kernel read x? It loads 16 bytes of fp16 x at a time."""
-    return x.dtype == torch.float16 and x.data_ptr() % 16 == 0 and (x.shape[0] == 1 or x.stride(0) % 8 == 0)
+    """Can the streamed one-row kernel read x? It loads 16 bytes of x (fp16) at a time."""
+    return x.data_ptr() % 16 == 0 and (x.shape[0] == 1 or x.stride(0) % 8 == 0)
 
 
 def kernel_constants(
@@ -780,7 +780,7 @@ def kernel_constants(
         if (
             cfg.num_warps * 128 != cfg.block_n
             or cfg.depth not in (1, 2)
-            or k // cfg.block_k // cfg.split_k < cfg.depth
+            or blocks < cfg.depth
             or cfg.block_k not in (16, 32, 64, 128)
         ):
             raise ValueError(
