@@ -1,6 +1,6 @@
 """AWQ 4-bit matmul kernels at DeepSeek-LLM-67B's layer shapes, side by side, on one GPU.
 
-    python benchmarks/awq_kernels.py [--sweep | --invariant] [--out benchmarks/results/awq-kernels-h100.md]
+    python benchmarks/awq_kernels.py [--sweep | --invariant] [--rows 1,4] [--out benchmarks/results/awq-kernels-h100.md]
 
 For each shape and row count M it times:
   tameshi convert   tameshi.kernels.awq_triton.awq_matmul (dequantization fused, split K for decode),
@@ -183,7 +183,7 @@ def make_layer(k: int, n: int, qweight, qzeros, scales) -> AWQLinear:
     return layer
 
 
-def bench_shape(name: str, k: int, n: int, copy_gbs: float, autoawq) -> list[str]:
+def bench_shape(name: str, k: int, n: int, copy_gbs: float, autoawq, row_counts=ROWS) -> list[str]:
     copies = []
     for _ in range(weight_copies(k, n)):
         qweight, qzeros, scales = random_awq(k, n)
@@ -193,7 +193,7 @@ def bench_shape(name: str, k: int, n: int, copy_gbs: float, autoawq) -> list[str
     # the bytes our kernels read for the weight: codes, fp16 zeros and fp16 scales
     weight_bytes = sum(t.numel() * t.element_size() for t in (packed.qweight, packed.zeros, packed.scales))
     rows = []
-    for m in ROWS:
+    for m in row_counts:
         x = torch.randn(m, k, device="cuda", dtype=torch.float16)
         xb = x.bfloat16()
         magic = dataclasses.replace(default_config(m, n, k, GROUP), magic=True, half2=False)
@@ -329,6 +329,7 @@ def main() -> None:
     ap.add_argument("--paired", action="store_true", help="with --sweep: the grid on paired nibbles")
     ap.add_argument("--invariant", action="store_true", help="batch-invariant tiles beside the defaults")
     ap.add_argument("--invariant-prefill", action="store_true", help="wider invariant tiles for prefill rows")
+    ap.add_argument("--rows", type=lambda t: [int(v) for v in t.split(",")], default=list(ROWS))
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
@@ -375,7 +376,7 @@ def main() -> None:
             )
             torch.cuda.empty_cache()
     else:
-        lines += over_shapes(lambda name, k, n: bench_shape(name, k, n, copy_gbs, autoawq))
+        lines += over_shapes(lambda name, k, n: bench_shape(name, k, n, copy_gbs, autoawq, args.rows))
     emit(lines, args.out)
 
 
