@@ -10,6 +10,7 @@ import torch
 from tameshi.loading.awq import dequantize_gemm, pack_gemm, unpack_gemm
 
 triton = pytest.importorskip("triton")
+from tameshi.kernels import awq_triton  # noqa: E402
 from tameshi.kernels.awq_triton import (  # noqa: E402
     MatmulConfig,
     _scratch,
@@ -94,7 +95,8 @@ def test_matmul_equals_reference(m, k, n, group, config, dtype, paired):
     ref = x.cpu().float() @ w
     # Only the output rounding and fp32 summation order differ from the reference; or, where the
     # one-row default takes packed fp16 products, their rounding (test_packed_fp16_products_...).
-    half2 = (config or default_config(m, n, k, group)).half2 and dtype == torch.float16
+    cfg = config or default_config(m, n, k, group, stream=dtype == torch.float16 and paired)
+    half2 = (cfg.half2 or cfg.stream) and dtype == torch.float16
     eps = 2**-8 if dtype == torch.bfloat16 else 2**-9 if half2 else 2**-11
     torch.testing.assert_close(y.cpu().float(), ref, rtol=eps, atol=eps * ref.abs().max().item())
 
@@ -315,6 +317,35 @@ def test_default_config_splits_k_evenly():
     assert (gate_up.block_n, gate_up.split_k) == (64, 1)
     narrow = default_config(64, 4096, 11008, 128)  # 7B down: 64 tiles, 86 blocks: 43 is the least divisor
     assert (narrow.block_n, narrow.split_k) == (64, 43)
+
+
+def test_one_row_default_streams_fp16_on_paired_words():
+    """One row of fp16 x on paired words takes the streamed tile (four units of a group a program);
+    bf16 x, natural nibble order and x off 16-byte alignment take the default one-row kernel."""
+    qkv = default_config(1, 10240, 8192, 128, stream=True)  # 64 units of 128: 16 programs' worth of K
+    assert qkv.stream and qkv.depth == 1
+    assert (qkv.block_n, qkv.num_warps, qkv.block_k, qkv.split_k) == (256, 2, 128, 16)
+    assert default_config(1, 8192, 22016, 128, stream=True).split_k == 43  # 172 units
+    down_7b = default_config(1, 4096, 11008, 128, stream=True)  # 86 units of 128: four don't divide them
+    assert (down_7b.block_k, down_7b.split_k) == (64, 43)
+    assert not default_config(1, 8192, 8192, 128).stream
+    assert not default_config(4, 8192, 8192, 128, stream=True).stream
+    assert not default_config(1, 1536, 576, 64, stream=True).stream  # 9 units of 64
+
+    chosen = []
+    real_launch = awq_triton.launch
+    with pytest.MonkeyPatch.context() as mp:
+        record = lambda x, packed, cfg, *a: chosen.append(cfg) or real_launch(x, packed, cfg, *a)  # noqa: E731
+        mp.setattr(awq_triton, "launch", record)
+        paired, w = packed_and_reference(512, 256, 128, seed=5, paired=True)
+        nibbles, _ = packed_and_reference(512, 256, 128, seed=5)
+        x = torch.randn(1, 520, generator=torch.Generator().manual_seed(5)).half().to(DEVICE)
+        cases = [(x[:, :512], paired), (x[:, :512].bfloat16(), paired), (x[:, :512], nibbles)]
+        cases.append((x[:, 4:516], paired))  # 8 bytes past a 16-byte boundary
+        for case_x, packed in cases:
+            y, ref = awq_matmul(case_x, packed).cpu().float(), case_x.cpu().float() @ w
+            torch.testing.assert_close(y, ref, rtol=2**-8, atol=2**-8 * ref.abs().max().item())
+    assert [cfg.stream for cfg in chosen] == [True, False, False, False]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -622,7 +622,7 @@ class MatmulConfig:
     depth: int = 1
 
 
-def default_config(m: int, n: int, k: int, group: int) -> MatmulConfig:
+def default_config(m: int, n: int, k: int, group: int, stream: bool = False) -> MatmulConfig:
     """Tiles by row count, from the sweeps in benchmarks/awq_kernels.py on an H100 and an H200
     (67B shapes; benchmarks/results/awq-sweep-*.md).
 
@@ -636,6 +636,8 @@ def default_config(m: int, n: int, k: int, group: int) -> MatmulConfig:
     """
     block_k = next(b for b in (128, 64, 32, 16) if group % b == 0)
     n_blocks = k // block_k
+    if m == 1 and stream and (tile := stream_config(k, group)):
+        return tile
     if m == 1:
         # 256 columns and two blocks of K (one where the count is odd) per program, four warps
         split = n_blocks // 2 if n_blocks % 2 == 0 else n_blocks
@@ -669,6 +671,19 @@ def default_config(m: int, n: int, k: int, group: int) -> MatmulConfig:
         64, block_n, block_k, split, num_warps=4, num_stages=2 if split >= 4 else 3,
         by_word=True, magic=True, pairs=True, scaled=True, swap=True,
     )  # fmt: skip
+
+
+def stream_config(k: int, group: int) -> MatmulConfig | None:
+    """The streamed one-row tile (MatmulConfig.stream, for fp16 x on paired words) at K = k: 256
+    columns (two warps), units of one group up to 128 of K, four units a program loaded one ahead,
+    split K the rest; units of 64 where four of 128 do not divide K. None where neither does."""
+    for block_k in dict.fromkeys((min(group, 128), min(group, 64))):
+        units = k // block_k
+        if block_k >= 16 and group % block_k == 0 and k % block_k == 0 and units % 4 == 0:
+            return MatmulConfig(
+                1, 256, block_k, units // 4, num_warps=2, by_word=True, magic=True, fixup=True, stream=True,
+            )  # fmt: skip
+    return None
 
 
 def invariant_config(m: int, n: int, k: int, group: int, dtype: torch.dtype) -> MatmulConfig:
@@ -708,11 +723,12 @@ def awq_matmul(
     kw, n = packed.shape
     if kw != k:
         raise ValueError(f"weight is [{kw}, {n}] (K, N) but x is [{m}, {k}]")
-    cfg = config or default_config(m, n, k, packed.group)
+    x = x.contiguous()
+    stream = x.dtype == torch.float16 and packed.paired and stream_fits(x)
+    cfg = config or default_config(m, n, k, packed.group, stream)
     min_k = 16 if cfg.block_m > 1 else 8  # the tensor-core dot's least K
     if packed.group % cfg.block_k or k % (cfg.block_k * cfg.split_k) or cfg.block_k % min_k:
         raise ValueError(f"block_k {cfg.block_k} must divide the group {packed.group}; block_k·split_k K {k}")
-    x = x.contiguous()
     out_dtype = out_dtype or x.dtype
     fixup = cfg.split_k > 1 and cfg.fixup
     if cfg.split_k == 1 or fixup:
