@@ -320,17 +320,18 @@ def test_default_config_splits_k_evenly():
 
 
 def test_one_row_default_streams_fp16_on_paired_words():
-    """One row of fp16 x on paired words takes the streamed tile (four units of a group a program);
-    bf16 x, natural nibble order and x off 16-byte alignment take the default one-row kernel."""
-    qkv = default_config(1, 10240, 8192, 128, stream=True)  # 64 units of 128: 16 programs' worth of K
+    """One row of fp16 x on paired words takes the streamed tile (units of 64 of K, four a program or
+    two where four leave too few programs); bf16 x, natural nibble order and x off 16-byte alignment
+    take the default one-row kernel."""
+    qkv = default_config(1, 10240, 8192, 128, stream=True)  # 128 units, 20 column tiles: 640 programs at 4
     assert qkv.stream and qkv.depth == 1
-    assert (qkv.block_n, qkv.num_warps, qkv.block_k, qkv.split_k) == (256, 2, 128, 16)
-    assert default_config(1, 8192, 22016, 128, stream=True).split_k == 43  # 172 units
-    down_7b = default_config(1, 4096, 11008, 128, stream=True)  # 86 units of 128: four don't divide them
-    assert (down_7b.block_k, down_7b.split_k) == (64, 43)
+    assert (qkv.block_n, qkv.num_warps, qkv.block_k, qkv.split_k) == (512, 4, 64, 32)
+    assert default_config(1, 8192, 8192, 128, stream=True).split_k == 64  # 512 programs at 4: two a program
+    assert default_config(1, 8192, 22016, 128, stream=True).split_k == 86  # 344 units
+    odd = default_config(1, 4096, 4160, 32, stream=True)  # 130 units of 32: two a program
+    assert (odd.block_k, odd.split_k) == (32, 65)
     assert not default_config(1, 8192, 8192, 128).stream
     assert not default_config(4, 8192, 8192, 128, stream=True).stream
-    assert not default_config(1, 1536, 576, 64, stream=True).stream  # 9 units of 64
 
     chosen = []
     real_launch = awq_triton.launch

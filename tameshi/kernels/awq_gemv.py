@@ -26,8 +26,10 @@ Needs fp16 x, paired words (KPacked.paired), x 16-byte aligned with rows a multi
 units inside groups; awq_triton.launch falls back to the default one-row kernel otherwise. Under
 TRITON_INTERPRET (which runs no PTX) the same arithmetic runs in fp16 tensors. Its reference, as
 for every AWQ kernel, is tameshi.loading.awq.dequantize_gemm (tests/test_awq_triton.py on CPU,
-tests/test_gpu.py at the 67B shapes). Not the default yet: it has not run on a GPU (no device time
-in the session that wrote it); benchmarks/awq_stream.py times its candidate tiles against the default.
+tests/test_gpu.py at the 67B shapes). awq_matmul takes it for one row where it can
+(awq_triton.stream_config); on an H200 at the 67B shapes it is 7-8% faster than the default one-row
+kernel (benchmarks/results/awq-stream-h200.md), though not by overlap: the best tile at o loads one
+or two units a program. Compute and loads still add up at qkv and o (65-70% of the copy bandwidth).
 """
 
 from __future__ import annotations
