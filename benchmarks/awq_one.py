@@ -27,14 +27,16 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=3)
     ap.add_argument("--set", nargs="*", default=[], help="MatmulConfig fields to override: name=int")
     ap.add_argument("--check", action="store_true", help="hold each call to the reference")
-    ap.add_argument("--paired", action="store_true", help="the paired nibble order (KPacked.paired)")
+    ap.add_argument(
+        "--paired", action="store_true", help="the paired nibble order (KPacked.paired, as AWQLinear)"
+    )
     args = ap.parse_args()
     k, n = args.k, args.n
     qweight = torch.randint(-(2**31), 2**31 - 1, (k, n // 8), dtype=torch.int32, device="cuda")
     qzeros = torch.randint(-(2**31), 2**31 - 1, (k // GROUP, n // 8), dtype=torch.int32, device="cuda")
     scales = (torch.rand(k // GROUP, n, device="cuda") * 0.01 + 0.001).half()
     packed = kpack(qweight, qzeros, scales, GROUP, paired=args.paired)
-    cfg = default_config(args.m, n, k, GROUP)
+    cfg = default_config(args.m, n, k, GROUP, stream=args.paired)  # as awq_matmul picks for fp16 x
     cfg = dataclasses.replace(cfg, **{key: int(v) for key, v in (t.split("=") for t in args.set)})
     x = torch.randn(args.m, k, device="cuda", dtype=torch.float16)
     ref = x.float() @ kdequantize_reference(packed) if args.check else None
