@@ -23,7 +23,6 @@ from triton.compiler import ASTSource, compile
 from tameshi.kernels.awq_gemv import stream_configs
 from tameshi.kernels.awq_triton import (
     _awq_dequantize_kernel,
-    _awq_matmul_kernel,
     default_config,
     invariant_config,
     kernel_constants,
@@ -41,7 +40,7 @@ def signature(kernel, consts: dict, dtype: torch.dtype) -> dict:
     act = "*fp16" if dtype == torch.float16 else "*bf16"
     sig = {"x_ptr": act, "w_ptr": "*i32", "z_ptr": "*fp16", "s_ptr": "*fp16", "y_ptr": "*fp32"}
     sig |= {"ws_ptr": "*fp32", "count_ptr": "*i32"}
-    sig |= {name: "i32" for name in (("M", "N") if kernel is _awq_matmul_kernel else ("N",))}
+    sig |= {name: "i32" for name in (("M", "N") if "M" in kernel.arg_names else ("N",))}
     sig |= {"stride_xm": "i32", "stride_ym": "i32"}
     return sig | {name: "constexpr" for name in consts}
 
@@ -94,7 +93,7 @@ def compile_one(job: tuple) -> str | None:
 
 
 def main() -> int:
-    jobs = awq_tile_jobs() + stream_tile_jobs() + decode_kernel_jobs()
+    jobs = awq_tile_jobs() + stream_tile_jobs() + mma_tile_jobs() + decode_kernel_jobs()
     named = [((kernel.fn.__module__, kernel.fn.__name__), *rest) for kernel, *rest in jobs]
     # ptxas takes most of the time, one kernel at a time: one process a core
     with ProcessPoolExecutor(os.cpu_count() or 1, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -127,6 +126,30 @@ def stream_tile_jobs() -> list[Job]:
         attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(sig) if sig[name] != "constexpr"}
         options = {"num_warps": cfg.num_warps, "num_stages": 1, "launch_pdl": True}
         jobs.append((kernel, sig, consts, attrs, options, f"streamed group={group} N={n}: {cfg}"))
+    return jobs
+
+
+def mma_tile_jobs() -> list[Job]:
+    """The tensor-core one-row kernel's tiles (awq_mma.mma_configs, which benchmarks/awq_stream.py
+    times): each width and depth at the fewest and the most blocks a program, and groups 64 and 32."""
+    from tameshi.kernels.awq_mma import mma_configs
+
+    picks = {}
+    for cfg in mma_configs(8192, 128):
+        for key in ((cfg.block_n, cfg.depth, "few"), (cfg.block_n, cfg.depth, "many")):
+            best = picks.get(key)
+            if best is None or (cfg.split_k > best.split_k) == (key[2] == "few"):
+                picks[key] = cfg
+    tiles = [(128, c) for c in picks.values()] + [(group, mma_configs(8192, group)[-1]) for group in (64, 32)]
+    tiles += [(128, default_config(m, n, 8192, 128, stream=True)) for m in (2, 8) for n in (8192, 44032)]
+    jobs = []
+    for group, cfg in tiles:
+        kernel, consts = kernel_constants(cfg, 8192, group, torch.float16, True, with_pdl=True, n=8192)
+        consts["ASM"] = True
+        sig = signature(kernel, consts, torch.float16)
+        attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(sig) if sig[name] != "constexpr"}
+        options = {"num_warps": cfg.num_warps, "num_stages": 1, "launch_pdl": True}
+        jobs.append((kernel, sig, consts, attrs, options, f"tensor-core one-row group={group}: {cfg}"))
     return jobs
 
 

@@ -1,5 +1,6 @@
 """The same code paths on CUDA: logits equal transformers on the GPU, generation equals the CPU run."""
 
+import dataclasses
 import json
 
 import pytest
@@ -242,12 +243,60 @@ def test_streamed_one_row_kernel_at_67b_shapes_equals_reference(k, n):
     torch.cuda.empty_cache()
 
 
-def test_streamed_one_row_kernel_reads_x_after_the_kernel_that_writes_it():
-    """With programmatic dependent launch the streamed kernel starts while the norm before it is still
-    running, and may only load its weights then: inside a CUDA graph, norm -> matmul -> norm -> matmul
-    on fresh inputs each replay equals the same chain run eagerly one kernel at a time."""
+def mma_subset(k: int) -> list:
+    """A few of the tensor-core one-row tiles (awq_mma.mma_configs): each width and depth once, at
+    the most and the fewest blocks a program."""
+    from tameshi.kernels.awq_mma import mma_configs
+
+    shapes: dict[tuple, list] = {}
+    for cfg in mma_configs(k, 128):
+        shapes.setdefault((cfg.block_n, cfg.depth), []).append(cfg)
+    return [
+        c
+        for same in shapes.values()
+        for c in {min(same, key=lambda c: c.split_k), max(same, key=lambda c: c.split_k)}
+    ]
+
+
+@pytest.mark.parametrize(("k", "n"), SHAPES_67B)
+def test_tensor_core_one_row_kernel_at_67b_shapes_equals_reference(k, n):
+    """The tensor-core one-row kernel's PTX (awq_mma; the CPU tests run it in an ISA interpreter) at
+    the 67B shapes, one row and (its 8-row tiles) 3 and 8: within 2e-3 of the largest output, every
+    column written, the scratch left zero."""
+    from tameshi.kernels.awq_triton import _scratch, kpack, launch, split_k_scratch
+    from tameshi.loading.awq import dequantize_gemm
+
+    gen = torch.Generator(device="cuda").manual_seed(k + n + 2)
+    qweight, qzeros, scales = random_awq_on_cuda(k, n, 128, gen)
+    w = dequantize_gemm(qweight, qzeros, scales, 128)
+    packed = kpack(qweight, qzeros, scales, 128, paired=True)
+    x = torch.randn(1, k, device="cuda", generator=gen).half()
+    xs = torch.randn(8, k, device="cuda", generator=gen).half()
+    eight = [dataclasses.replace(c, block_m=8) for c in mma_subset(k)[::3]]
+    cases = [(x, cfg) for cfg in mma_subset(k)] + [(xs[:m], cfg) for cfg in eight for m in (3, 8)]
+    for x, cfg in cases:
+        m = x.shape[0]
+        ref = x.float() @ w
+        y = torch.full((m, n), float("nan"), dtype=torch.float16, device="cuda")
+        launch(x, packed, cfg, y, *split_k_scratch(x.device, m * n, n // cfg.block_n))
+        got = y.float()
+        assert got.isfinite().all(), cfg
+        err = (got - ref).abs().max().item() / ref.abs().max().item()
+        assert err < 2e-3, f"{cfg}, {m} rows: max error {err:.2e} of the largest output"
+        ws, counts = _scratch[x.device]
+        assert not ws.any() and not counts.any(), cfg
+    del w
+    torch.cuda.empty_cache()
+
+
+@pytest.mark.parametrize("kernel", ["stream", "mma", "mma-rows"])
+def test_streamed_one_row_kernel_reads_x_after_the_kernel_that_writes_it(kernel):
+    """With programmatic dependent launch the one-row kernels (streamed, tensor-core) start while the
+    norm before them is still running, and may only load their weights then: inside a CUDA graph,
+    norm -> matmul -> norm -> matmul on fresh inputs each replay equals the same chain run eagerly
+    one kernel at a time."""
     from tameshi.kernels import pdl
-    from tameshi.kernels.awq_triton import MatmulConfig, awq_matmul, kpack
+    from tameshi.kernels.awq_triton import MatmulConfig, awq_matmul, default_config, kpack
     from tameshi.kernels.fused import add_rms_norm
 
     if not pdl(torch.device("cuda")):
@@ -257,7 +306,13 @@ def test_streamed_one_row_kernel_reads_x_after_the_kernel_that_writes_it():
     packed = kpack(*random_awq_on_cuda(k, k, 128, gen), 128, paired=True)
     weight = torch.rand(k, device="cuda", generator=gen).half() + 0.5
     cfg = MatmulConfig(1, 256, 128, 16, 2, by_word=True, magic=True, fixup=True, stream=True)
-    src = torch.randn(1, k, device="cuda", generator=gen).half()
+    if kernel == "mma":
+        cfg = MatmulConfig(1, 256, 32, 32, 4, fixup=True, mma=True, depth=2)
+    m = 1
+    if kernel == "mma-rows":  # 4 rows in the 8-row tile, as awq_matmul picks for them
+        m, cfg = 4, default_config(4, k, k, 128, stream=True)
+        assert cfg.mma and cfg.block_m == 8
+    src = torch.randn(m, k, device="cuda", generator=gen).half()
 
     def chain():
         _, h = add_rms_norm(src, None, weight, 1e-6)
@@ -276,7 +331,7 @@ def test_streamed_one_row_kernel_reads_x_after_the_kernel_that_writes_it():
         out = chain()
     for seed in range(5):
         src.copy_(
-            torch.randn(1, k, device="cuda", generator=torch.Generator(device="cuda").manual_seed(seed))
+            torch.randn(m, k, device="cuda", generator=torch.Generator(device="cuda").manual_seed(seed))
         )
         graph.replay()
         torch.cuda.synchronize()

@@ -620,6 +620,9 @@ class MatmulConfig:
     # (tameshi.kernels.awq_gemv); num_warps must be block_n / 128 (4 columns a thread, all rows)
     stream: bool = False
     depth: int = 1
+    # one-row kernel, fp16 x on paired words: the products on tensor cores, one mma.sync a word a
+    # thread (tameshi.kernels.awq_mma); block_k 32, block_n 64 a warp, `depth` blocks loaded ahead
+    mma: bool = False
 
 
 def default_config(m: int, n: int, k: int, group: int, stream: bool = False) -> MatmulConfig:
@@ -632,7 +635,8 @@ def default_config(m: int, n: int, k: int, group: int, stream: bool = False) -> 
     of codes) per program, each word loaded once, products in packed fp16, x in 16-byte loads (H200,
     67B shapes, against 64 columns with fp32 products and x loaded two codes at a time: gate_up 80.4
     -> 51.5 µs, 56% -> 88% of the copy bandwidth; benchmarks/results/awq-sweep-h200.md). More rows:
-    the tensor-core dot on a tile of fp16 weights (below).
+    the tensor-core dot on a tile of fp16 weights (below); 2-8 rows of fp16 x on paired words, the
+    tensor-core one-row kernel (rows_config).
     """
     block_k = next(b for b in (128, 64, 32, 16) if group % b == 0)
     n_blocks = k // block_k
@@ -645,6 +649,8 @@ def default_config(m: int, n: int, k: int, group: int, stream: bool = False) -> 
             1, 256, block_k, split, num_warps=4, by_word=True, magic=True, whole_split=True, fixup=True,
             half2=True,
         )  # fmt: skip
+    if m <= 8 and stream and k % 32 == 0 and group % 32 == 0:
+        return rows_config(m, n, k, group)  # tensor cores, all rows in one program
     if block_k < 64:  # groups of 32 or less: Triton 3.6-3.9 fail to compile the pairs tile 32 x 32
         if m <= 16:
             return MatmulConfig(16, 128, block_k, _split(n_blocks, per_program=1), num_warps=8)
@@ -688,6 +694,24 @@ def stream_config(n: int, k: int, group: int) -> MatmulConfig:
     )  # fmt: skip
 
 
+def rows_config(m: int, n: int, k: int, group: int) -> MatmulConfig:
+    """The tensor-core one-row kernel's 8-row tile (MatmulConfig.mma, block_m 8) for 2-8 rows of fp16
+    x on paired words: 128 columns (two warps), 16 blocks of 32 of K a program (or the most that
+    divide K and fit the group), two loaded ahead. H200, 67B shapes, against the 16-row tensor-core
+    tile before it (benchmarks/results/awq-mma-rows-h200.md), qkv / o / gate_up / down in µs: 2 rows
+    32.0 / 26.6 / 113.3 / 64.4 -> 18.2 / 16.6 / 62.7 / 35.5; 4 rows 32.0 / 26.9 / 113.1 / 64.8 ->
+    19.9 / 18.1 / 67.8 / 37.8; 8 rows 32.5 / 27.2 / 114.6 / 65.7 -> 24.2 / 21.2 / 79.6 / 44.3. Of
+    the 33 tiles timed there, the one within 15% of each shape's best at every row count (the
+    misses are at o, whose best tiles lose 40% at qkv)."""
+    blocks_in_k, group_blocks = k // 32, max(1, group // 32)
+    blocks = next(
+        b
+        for b in (16, 8, 4, 2, 1)
+        if blocks_in_k % b == 0 and (b % group_blocks == 0 or group_blocks % b == 0)
+    )
+    return MatmulConfig(8, 128, 32, blocks_in_k // blocks, 2, 1, fixup=True, mma=True, depth=2)
+
+
 def invariant_config(m: int, n: int, k: int, group: int, dtype: torch.dtype) -> MatmulConfig:
     """The batch-invariant tile for m rows: each row's sums taken in one order whatever m is, so a
     row's result does not depend on the rows beside it (EngineConfig.batch_invariant).
@@ -728,6 +752,8 @@ def awq_matmul(
     x = x.contiguous()
     stream = x.dtype == torch.float16 and packed.paired and stream_fits(x)
     cfg = config or default_config(m, n, k, packed.group, stream)
+    if cfg.mma and not _mma_fits(x, packed):
+        cfg = default_config(m, n, k, packed.group)  # the kernels that read any alignment
     min_k = 16 if cfg.block_m > 1 else 8  # the tensor-core dot's least K
     if packed.group % cfg.block_k or k % (cfg.block_k * cfg.split_k) or cfg.block_k % min_k:
         raise ValueError(f"block_k {cfg.block_k} must divide the group {packed.group}; block_k·split_k K {k}")
@@ -756,12 +782,14 @@ def launch(
     tile counters."""
     m, k = x.shape
     n = packed.shape[1]
-    grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, cfg.block_m), cfg.split_k)
     with_pdl = pdl(x.device)
     if cfg.stream and not stream_fits(x):
         cfg = dataclasses.replace(cfg, stream=False)  # the default one-row kernel, same blocks
+    if cfg.mma and not _mma_fits(x, packed):  # awq_matmul picks another tile before its buffers
+        raise ValueError("the tensor-core one-row kernel needs fp16 x and paired words, 16-byte aligned")
+    grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, cfg.block_m), cfg.split_k)
     kernel, consts = kernel_constants(cfg, k, packed.group, x.dtype, packed.paired, with_pdl, n)
-    sizes = (m, n) if kernel is _awq_matmul_kernel else (n,)
+    sizes = (m, n) if kernel is _awq_matmul_kernel or cfg.mma else (n,)
     if consts.get("HALF2") and packed.paired and (x.data_ptr() % 4 or x.stride(0) % 2):
         consts["HALF2"] = False  # it reads paired words' x as int32 words
     if kernel is not _awq_matmul_kernel and with_pdl:
@@ -770,6 +798,12 @@ def launch(
         x, packed.qweight, packed.zeros, packed.scales, y, ws, counts, *sizes, x.stride(0), y.stride(0),
         **consts, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
+
+
+def _mma_fits(x: torch.Tensor, packed: KPacked) -> bool:
+    from tameshi.kernels.awq_mma import mma_fits  # it imports this module
+
+    return mma_fits(x, packed)
 
 
 def stream_fits(x: torch.Tensor) -> bool:
@@ -792,6 +826,28 @@ def kernel_constants(
     fixup = cfg.split_k > 1 and cfg.fixup
     blocks = k // cfg.block_k // cfg.split_k  # per program
     asm = not interpreted()
+    if cfg.mma and paired and dtype == torch.float16:
+        from tameshi.kernels.awq_mma import BLOCK, _awq_gemv_mma_kernel, program_ptx  # it imports this module
+
+        group_blocks = group // BLOCK
+        if (
+            cfg.block_k != BLOCK
+            or cfg.block_n != 64 * cfg.num_warps
+            or cfg.block_m not in (1, 8)
+            or (blocks % group_blocks and group_blocks % blocks)
+            or cfg.depth < 1
+        ):
+            raise ValueError(
+                "a tensor-core one-row tile needs block_k 32, 64 columns a warp, 1 or 8 rows, whole groups"
+                f" or part of one a program: {cfg}"
+            )
+        rows = 1 if cfg.block_m == 1 else 2  # sums a lane: one row, or two of up to 8
+        ptx = program_ptx(blocks, group_blocks, cfg.depth, with_pdl, rows) if asm else ""
+        consts = dict(
+            GROUP=group, BLOCK_N=cfg.block_n, BLOCKS=blocks, SPLIT_K=cfg.split_k, DEPTH=cfg.depth, ROWS=rows,
+            FIXUP=fixup, ASM=asm, PTX=ptx, PDL=with_pdl,
+        )  # fmt: skip
+        return _awq_gemv_mma_kernel, consts
     if cfg.block_m == 1 and cfg.stream and paired and dtype == torch.float16:
         from tameshi.kernels.awq_gemv import _awq_gemv_stream_kernel  # it imports this module
 
