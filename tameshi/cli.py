@@ -34,7 +34,7 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="HF folder, hub id in the local cache, .gguf file, or synth:PRESET (random weights).",
+        help="HF folder, hub id in the local cache, .gguf file, or synth:PRESET[:awq] (random weights: bf16, or AWQ 4-bit).",
     ),
 ]
 DeviceOpt = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 … (default: cuda if present).")]
