@@ -50,7 +50,7 @@ def call(x, packed, cfg: MatmulConfig, end: str, with_pdl: bool):
     ws, counts = split_k_scratch(x.device, n, triton.cdiv(n, cfg.block_n))
     grid = (triton.cdiv(n, cfg.block_n), 1, cfg.split_k)
 
-    sizes = (1, n) if cfg.mma else (n,)  # the tensor-core kernel takes M too
+    sizes = (1, n) if "M" in kernel.arg_names else (n,)  # the tensor-core kernel takes M too
 
     def run():
         kernel[grid](

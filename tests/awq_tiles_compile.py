@@ -114,6 +114,12 @@ def stream_tile_jobs() -> list[Job]:
     picks = [(128, 8192, c) for c in shapes.values()] + [(128, 8192, min(configs, key=lambda c: c.split_k))]
     picks += [(128, 8192 + 128, c) for c in configs if c.block_n == 256 and c.split_k == 16]
     picks += [(64, 8192, stream_configs(8192, 64)[-1])]
+    return one_row_jobs(picks, "streamed")
+
+
+def one_row_jobs(picks: list[tuple[int, int, object]], kind: str) -> list[Job]:
+    """Jobs for (group, N, config) picks of the one-row kernels at K 8192, as sm_90 launches them (PDL
+    on, their PTX in); the same kernel and constants compile once."""
     jobs, seen = [], set()
     for group, n, cfg in picks:
         kernel, consts = kernel_constants(cfg, 8192, group, torch.float16, True, with_pdl=True, n=n)
@@ -125,32 +131,26 @@ def stream_tile_jobs() -> list[Job]:
         sig = signature(kernel, consts, torch.float16)
         attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(sig) if sig[name] != "constexpr"}
         options = {"num_warps": cfg.num_warps, "num_stages": 1, "launch_pdl": True}
-        jobs.append((kernel, sig, consts, attrs, options, f"streamed group={group} N={n}: {cfg}"))
+        jobs.append((kernel, sig, consts, attrs, options, f"{kind} group={group} N={n}: {cfg}"))
     return jobs
 
 
 def mma_tile_jobs() -> list[Job]:
     """The tensor-core one-row kernel's tiles (awq_mma.mma_configs, which benchmarks/awq_stream.py
-    times): each width and depth at the fewest and the most blocks a program, and groups 64 and 32."""
+    times): each width and depth at the fewest and the most blocks a program, groups 64 and 32, and
+    the 8-row tile awq_matmul takes for 2-8 rows."""
     from tameshi.kernels.awq_mma import mma_configs
+    from tameshi.kernels.awq_triton import rows_config
 
-    picks = {}
+    shapes: dict[tuple, list] = {}
     for cfg in mma_configs(8192, 128):
-        for key in ((cfg.block_n, cfg.depth, "few"), (cfg.block_n, cfg.depth, "many")):
-            best = picks.get(key)
-            if best is None or (cfg.split_k > best.split_k) == (key[2] == "few"):
-                picks[key] = cfg
-    tiles = [(128, c) for c in picks.values()] + [(group, mma_configs(8192, group)[-1]) for group in (64, 32)]
-    tiles += [(128, default_config(m, n, 8192, 128, stream=True)) for m in (2, 8) for n in (8192, 44032)]
-    jobs = []
-    for group, cfg in tiles:
-        kernel, consts = kernel_constants(cfg, 8192, group, torch.float16, True, with_pdl=True, n=8192)
-        consts["ASM"] = True
-        sig = signature(kernel, consts, torch.float16)
-        attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(sig) if sig[name] != "constexpr"}
-        options = {"num_warps": cfg.num_warps, "num_stages": 1, "launch_pdl": True}
-        jobs.append((kernel, sig, consts, attrs, options, f"tensor-core one-row group={group}: {cfg}"))
-    return jobs
+        shapes.setdefault((cfg.block_n, cfg.depth), []).append(cfg)
+    picks = [
+        (128, 8192, pick(same, key=lambda c: c.split_k)) for same in shapes.values() for pick in (min, max)
+    ]
+    picks += [(group, 8192, mma_configs(8192, group)[-1]) for group in (64, 32)]
+    picks += [(128, 8192, rows_config(8192, 128))]
+    return one_row_jobs(picks, "tensor-core one-row")
 
 
 def decode_kernel_jobs() -> list[Job]:

@@ -175,12 +175,17 @@ def test_streamed_one_row_kernel_equals_reference(m, k, n, group, config):
     torch.testing.assert_close(y32.cpu(), ref, rtol=2**-9, atol=2**-9 * ref.abs().max().item())
 
 
-def test_streamed_one_row_kernel_takes_outlier_activations():
+@pytest.mark.parametrize(
+    "config",
+    [MatmulConfig(1, 256, 128, 2, 2, **STREAM), MatmulConfig(1, 128, 32, 4, 2, fixup=True, mma=True)],
+    ids=["streamed", "tensor-core"],
+)
+def test_one_row_kernels_take_outlier_activations(config):
     packed, w = packed_and_reference(512, 256, 128, seed=9, paired=True)
     x = torch.randn(1, 512, generator=torch.Generator().manual_seed(9))
     x[0, ::61] = 900.0
     x = x.half().to(DEVICE)
-    y = awq_matmul(x, packed, MatmulConfig(1, 256, 128, 2, 2, **STREAM)).cpu().float()
+    y = awq_matmul(x, packed, config).cpu().float()
     ref = x.cpu().float() @ w
     assert y.isfinite().all()
     torch.testing.assert_close(y, ref, rtol=2**-9, atol=2**-9 * ref.abs().max().item())

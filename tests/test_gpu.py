@@ -221,26 +221,44 @@ def test_streamed_one_row_kernel_at_67b_shapes_equals_reference(k, n):
     """The streamed one-row kernel's PTX (awq_gemv; the CPU tests run its interpreter form) at the 67B
     shapes, for each width, unit and depth: within 2e-3 of the largest output, every column written
     (y starts as NaN), its split-K scratch left zero."""
-    from tameshi.kernels.awq_triton import _scratch, kpack, launch, split_k_scratch
-    from tameshi.loading.awq import dequantize_gemm
-
-    gen = torch.Generator(device="cuda").manual_seed(k + n + 1)
-    qweight, qzeros, scales = random_awq_on_cuda(k, n, 128, gen)
-    w = dequantize_gemm(qweight, qzeros, scales, 128)
-    packed = kpack(qweight, qzeros, scales, 128, paired=True)
+    packed, w, gen = paired_awq_and_reference(k, n, seed=k + n + 1)
     x = torch.randn(1, k, device="cuda", generator=gen).half()
-    ref = x.float() @ w
     for cfg in stream_subset(k):
-        y = torch.full((1, n), float("nan"), dtype=torch.float16, device="cuda")
-        launch(x, packed, cfg, y, *split_k_scratch(x.device, n, n // cfg.block_n))
-        got = y.float()
-        assert got.isfinite().all(), cfg
-        err = (got - ref).abs().max().item() / ref.abs().max().item()
-        assert err < 2e-3, f"{cfg}: max error {err:.2e} of the largest output"
-        ws, counts = _scratch[x.device]
-        assert not ws.any() and not counts.any(), cfg
+        assert_tile_equals_reference(x, packed, w, cfg)
     del w
     torch.cuda.empty_cache()
+
+
+def paired_awq_and_reference(k: int, n: int, seed: int):
+    """A random group-128 AWQ weight in AWQLinear's layout (paired words) on the GPU, its fp32
+    reference W^T, and the generator, to draw x from next."""
+    from tameshi.kernels.awq_triton import kpack
+    from tameshi.loading.awq import dequantize_gemm
+
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    qweight, qzeros, scales = random_awq_on_cuda(k, n, 128, gen)
+    return (
+        kpack(qweight, qzeros, scales, 128, paired=True),
+        dequantize_gemm(qweight, qzeros, scales, 128),
+        gen,
+    )
+
+
+def assert_tile_equals_reference(x: torch.Tensor, packed, w: torch.Tensor, cfg) -> None:
+    """One tile's launch on x: within 2e-3 of the largest output, every column written (y starts as
+    NaN), its split-K scratch left zero."""
+    from tameshi.kernels.awq_triton import _scratch, launch, split_k_scratch
+
+    m, n = x.shape[0], w.shape[1]
+    ref = x.float() @ w
+    y = torch.full((m, n), float("nan"), dtype=torch.float16, device="cuda")
+    launch(x, packed, cfg, y, *split_k_scratch(x.device, m * n, n // cfg.block_n))
+    got = y.float()
+    assert got.isfinite().all(), cfg
+    err = (got - ref).abs().max().item() / ref.abs().max().item()
+    assert err < 2e-3, f"{cfg}, {m} rows: max error {err:.2e} of the largest output"
+    ws, counts = _scratch[x.device]
+    assert not ws.any() and not counts.any(), cfg
 
 
 def mma_subset(k: int) -> list:
@@ -263,28 +281,13 @@ def test_tensor_core_one_row_kernel_at_67b_shapes_equals_reference(k, n):
     """The tensor-core one-row kernel's PTX (awq_mma; the CPU tests run it in an ISA interpreter) at
     the 67B shapes, one row and (its 8-row tiles) 3 and 8: within 2e-3 of the largest output, every
     column written, the scratch left zero."""
-    from tameshi.kernels.awq_triton import _scratch, kpack, launch, split_k_scratch
-    from tameshi.loading.awq import dequantize_gemm
-
-    gen = torch.Generator(device="cuda").manual_seed(k + n + 2)
-    qweight, qzeros, scales = random_awq_on_cuda(k, n, 128, gen)
-    w = dequantize_gemm(qweight, qzeros, scales, 128)
-    packed = kpack(qweight, qzeros, scales, 128, paired=True)
+    packed, w, gen = paired_awq_and_reference(k, n, seed=k + n + 2)
     x = torch.randn(1, k, device="cuda", generator=gen).half()
     xs = torch.randn(8, k, device="cuda", generator=gen).half()
     eight = [dataclasses.replace(c, block_m=8) for c in mma_subset(k)[::3]]
     cases = [(x, cfg) for cfg in mma_subset(k)] + [(xs[:m], cfg) for cfg in eight for m in (3, 8)]
-    for x, cfg in cases:
-        m = x.shape[0]
-        ref = x.float() @ w
-        y = torch.full((m, n), float("nan"), dtype=torch.float16, device="cuda")
-        launch(x, packed, cfg, y, *split_k_scratch(x.device, m * n, n // cfg.block_n))
-        got = y.float()
-        assert got.isfinite().all(), cfg
-        err = (got - ref).abs().max().item() / ref.abs().max().item()
-        assert err < 2e-3, f"{cfg}, {m} rows: max error {err:.2e} of the largest output"
-        ws, counts = _scratch[x.device]
-        assert not ws.any() and not counts.any(), cfg
+    for rows, cfg in cases:
+        assert_tile_equals_reference(rows, packed, w, cfg)
     del w
     torch.cuda.empty_cache()
 

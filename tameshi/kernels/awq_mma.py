@@ -47,7 +47,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tameshi.kernels.awq_triton import KPacked, MatmulConfig, _store_output
+from tameshi.kernels.awq_triton import KPacked, MatmulConfig, _store_output, stream_fits
 
 COLUMNS = 8  # columns a lane reads (two 16-byte loads a word row): 4 tiles of the mma's 16 rows
 BLOCK = 32  # K a block: 4 word rows, one a lane of a quad
@@ -76,7 +76,7 @@ def program_ptx(blocks: int, group_blocks: int, depth: int, pdl: bool, rows: int
     per_group = min(blocks, group_blocks)
     lines = [
         "{",
-        ".reg .b32 one, zero, lo<4>, hi<4>, zh, sh;",
+        ".reg .b32 one, zero, lo<2>, hi<2>;",
         ".reg .f32 fz, b1, ss, nss, t, zf, sf, c<16>, sa<4>;",
         ".reg .f16 zlo, zhi, slo, shi;",
         ".reg .u64 pw, pz, ps;",
@@ -274,7 +274,8 @@ def _lane_sums(x_ptr, w_ptr, z_ptr, s_ptr, M, N, stride_xm, col, k0, rows, GROUP
         for j in tl.static_range(8):
             w = ((((words >> (4 * (j // 2 + 4 * (j % 2)))) & 0xF).to(tl.float32)) - z) * s
             acc0 += w * tl.load(x0 + kr + j)[:, None].to(tl.float32)
-            acc1 += w * tl.load(x1 + kr + j)[:, None].to(tl.float32)
+            if ROWS == 2:
+                acc1 += w * tl.load(x1 + kr + j)[:, None].to(tl.float32)
     if ROWS == 1:
         return (_column(acc0, 0), _column(acc0, 1), _column(acc0, 2), _column(acc0, 3),
                 _column(acc0, 4), _column(acc0, 5), _column(acc0, 6), _column(acc0, 7))  # fmt: skip
@@ -290,15 +291,20 @@ def _column(acc, j: tl.constexpr):
 
 
 def mma_fits(x: torch.Tensor, packed: KPacked) -> bool:
-    """Can the tensor-core one-row kernel read these? It loads 16 bytes at a time of each."""
+    """Can the tensor-core one-row kernel read these? It loads 16 bytes at a time of each (x as the
+    streamed kernel does)."""
     k, n = packed.shape
     aligned = all(
         t.data_ptr() % 16 == 0 and t.is_contiguous() for t in (packed.qweight, packed.zeros, packed.scales)
     )
     return (
-        aligned and packed.paired and x.dtype == torch.float16 and n % 8 == 0 and k % BLOCK == 0
-        and x.data_ptr() % 16 == 0 and (x.shape[0] == 1 or x.stride(0) % 8 == 0)
-    )  # fmt: skip
+        aligned
+        and packed.paired
+        and x.dtype == torch.float16
+        and n % 8 == 0
+        and k % BLOCK == 0
+        and stream_fits(x)
+    )
 
 
 def mma_configs(k: int, group: int, block_m: int = 1) -> list[MatmulConfig]:

@@ -650,7 +650,7 @@ def default_config(m: int, n: int, k: int, group: int, stream: bool = False) -> 
             half2=True,
         )  # fmt: skip
     if m <= 8 and stream and k % 32 == 0 and group % 32 == 0:
-        return rows_config(m, n, k, group)  # tensor cores, all rows in one program
+        return rows_config(k, group)  # tensor cores, all rows in one program
     if block_k < 64:  # groups of 32 or less: Triton 3.6-3.9 fail to compile the pairs tile 32 x 32
         if m <= 16:
             return MatmulConfig(16, 128, block_k, _split(n_blocks, per_program=1), num_warps=8)
@@ -694,7 +694,7 @@ def stream_config(n: int, k: int, group: int) -> MatmulConfig:
     )  # fmt: skip
 
 
-def rows_config(m: int, n: int, k: int, group: int) -> MatmulConfig:
+def rows_config(k: int, group: int) -> MatmulConfig:
     """The tensor-core one-row kernel's 8-row tile (MatmulConfig.mma, block_m 8) for 2-8 rows of fp16
     x on paired words: 128 columns (two warps), 16 blocks of 32 of K a program (or the most that
     divide K and fit the group), two loaded ahead. H200, 67B shapes, against the 16-row tensor-core
@@ -789,7 +789,7 @@ def launch(
         raise ValueError("the tensor-core one-row kernel needs fp16 x and paired words, 16-byte aligned")
     grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, cfg.block_m), cfg.split_k)
     kernel, consts = kernel_constants(cfg, k, packed.group, x.dtype, packed.paired, with_pdl, n)
-    sizes = (m, n) if kernel is _awq_matmul_kernel or cfg.mma else (n,)
+    sizes = (m, n) if "M" in kernel.arg_names else (n,)
     if consts.get("HALF2") and packed.paired and (x.data_ptr() % 4 or x.stride(0) % 2):
         consts["HALF2"] = False  # it reads paired words' x as int32 words
     if kernel is not _awq_matmul_kernel and with_pdl:
