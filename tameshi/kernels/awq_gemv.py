@@ -129,8 +129,8 @@ def _x(x_words, i: tl.constexpr, shape: tl.constexpr):
 
 
 @triton.jit
-def _unit_sums(acc, words_a, words_b, z, s, x_row, unit, RU: tl.constexpr, ASM: tl.constexpr):
-    """acc [BLOCK_N] + the unit's products, summed over its rows (in each thread) times the scale."""
+def _unit_dots(words_a, words_b, z, x_row, unit, RU: tl.constexpr, ASM: tl.constexpr):
+    """The unit's products [RU/2, BLOCK_N], each row pair's 16 summed in fp32, not yet scaled."""
     x_at = x_row + unit.to(tl.int64) * (8 * RU) + 16 * tl.arange(0, RU // 2).to(tl.int64)  # row pairs
     z_lo = tl.broadcast_to((z + 1024.0)[None, :], words_a.shape)
     z_hi = tl.broadcast_to((z + 64.0)[None, :], words_a.shape)
@@ -151,7 +151,13 @@ def _unit_sums(acc, words_a, words_b, z, s, x_row, unit, RU: tl.constexpr, ASM: 
             words_b, zl, zh, _x(xw, 4, shape), _x(xw, 5, shape), _x(xw, 6, shape), _x(xw, 7, shape), lo, hi
         )
         dots = lo.to(tl.float32) + hi.to(tl.float32)
-    return acc + tl.sum(dots, axis=0) * s.to(tl.float32)
+    return dots
+
+
+@triton.jit
+def _unit_sums(acc, words_a, words_b, z, s, x_row, unit, RU: tl.constexpr, ASM: tl.constexpr):
+    """acc [BLOCK_N] + the unit's products, summed over its rows (in each thread) times the scale."""
+    return acc + tl.sum(_unit_dots(words_a, words_b, z, x_row, unit, RU, ASM), axis=0) * s.to(tl.float32)
 
 
 @triton.jit
