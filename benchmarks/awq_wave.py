@@ -37,14 +37,26 @@ SHAPES = {"qkv 8192→10240": (8192, 10240), "o 8192→8192": (8192, 8192),
 # columns, warps, pipeline stages, programs per SM (the grid's target), PDL wait inside the loop[, zeros
 # and scales in the words' layout]
 TILES_2D = [
-    (256, 8, 6, 1, True, True), (256, 16, 6, 1, True, True), (256, 16, 4, 1, True, True),
-    (256, 8, 4, 2, True, True), (512, 16, 4, 1, True, True), (256, 16, 8, 1, True, True),
+    (256, 8, 6, 1, True, True),
+    (256, 16, 6, 1, True, True),
+    (256, 16, 4, 1, True, True),
+    (256, 8, 4, 2, True, True),
+    (512, 16, 4, 1, True, True),
+    (256, 16, 8, 1, True, True),
 ]
 TILES = [
-    (256, 4, 4, 1, True), (256, 4, 6, 1, True), (256, 4, 8, 1, True), (256, 4, 6, 1, False),
-    (256, 4, 4, 2, True), (256, 4, 6, 2, True), (256, 4, 3, 3, True),
-    (512, 8, 4, 1, True), (512, 8, 6, 1, True),
-    (128, 2, 8, 2, True), (128, 2, 6, 4, True), (128, 2, 12, 2, True),
+    (256, 4, 4, 1, True),
+    (256, 4, 6, 1, True),
+    (256, 4, 8, 1, True),
+    (256, 4, 6, 1, False),
+    (256, 4, 4, 2, True),
+    (256, 4, 6, 2, True),
+    (256, 4, 3, 3, True),
+    (512, 8, 4, 1, True),
+    (512, 8, 6, 1, True),
+    (128, 2, 8, 2, True),
+    (128, 2, 6, 4, True),
+    (128, 2, 12, 2, True),
 ]
 QUICK = [(256, 4, 6, 1, True), (256, 4, 4, 2, True), (512, 8, 4, 1, True)]
 
@@ -120,7 +132,9 @@ def wave_split(n: int, k: int, block_n: int, per_sm: int, sms: int) -> int:
     return max(1, min(k // GROUP, per_sm * sms // tiles))
 
 
-def wave_call(x, p, y, ws, counts, block_n, warps, stages, split, wait_in_loop, loads_only=False, zs_2d=False):
+def wave_call(
+    x, p, y, ws, counts, block_n, warps, stages, split, wait_in_loop, loads_only=False, zs_2d=False
+):
     k, n = p.shape
     grid = (triton.cdiv(n, block_n), x.shape[0], split)
     _wave_kernel[grid](
@@ -135,7 +149,9 @@ def wave_call(x, p, y, ws, counts, block_n, warps, stages, split, wait_in_loop, 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="three tiles, not twelve")
-    parser.add_argument("--zs-2d", action="store_true", help="the tiles with zeros and scales in the words' layout")
+    parser.add_argument(
+        "--zs-2d", action="store_true", help="the tiles with zeros and scales in the words' layout"
+    )
     args = parser.parse_args()
     copy_gbs = copy_bandwidth()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
@@ -145,7 +161,9 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|---:|")
     for name, (k, n) in SHAPES.items():
         packs = [kpack(*random_awq(k, n), GROUP, paired=True) for _ in range(weight_copies(k, n))]
-        weight = sum(t.numel() * t.element_size() for t in (packs[0].qweight, packs[0].zeros, packs[0].scales))
+        weight = sum(
+            t.numel() * t.element_size() for t in (packs[0].qweight, packs[0].zeros, packs[0].scales)
+        )
 
         def row(label: str, programs: int, ms: float, err: str = "") -> None:
             gbs = weight / ms / 1e6
@@ -163,11 +181,18 @@ def main() -> None:
             split = wave_split(n, k, block_n, per_sm, sms)
             ws, counts = split_k_scratch(x.device, n, triton.cdiv(n, block_n))
             programs = triton.cdiv(n, block_n) * split
-            label = f"wave: {block_n} columns, {warps} warps, {stages} stages, ~{per_sm}/SM" + (
-                "" if in_loop else ", wait before the loop"
-            ) + (", zeros and scales per row pair" if zs_2d else "")
+            label = (
+                f"wave: {block_n} columns, {warps} warps, {stages} stages, ~{per_sm}/SM"
+                + ("" if in_loop else ", wait before the loop")
+                + (", zeros and scales per row pair" if zs_2d else "")
+            )
             try:
-                call = lambda p: wave_call(x, p, y, ws, counts, block_n, warps, stages, split, in_loop, False, zs_2d)
+
+                def call(p):
+                    return wave_call(
+                        x, p, y, ws, counts, block_n, warps, stages, split, in_loop, False, zs_2d
+                    )
+
                 call(packs[0])
                 err = ((y.float() - ref).abs().max() / ref.abs().max()).item()
                 call(packs[0])  # again: the counters and workspace were left at zero
@@ -175,10 +200,22 @@ def main() -> None:
                 row(label, programs, graph_ms([lambda p=p: call(p) for p in packs]), f"{err:.1e}")
                 if zs_2d or ((block_n, stages, per_sm) in ((256, 6, 1), (256, 4, 2)) and in_loop):
                     folded = torch.zeros(n, dtype=torch.int32, device="cuda")
-                    only = lambda p: wave_call(x, p, y, ws, folded, block_n, warps, stages, split, True, True, zs_2d)
-                    row(label.replace("wave", "loads only"), programs, graph_ms([lambda p=p: only(p) for p in packs]))
+
+                    def only(p):
+                        return wave_call(
+                            x, p, y, ws, folded, block_n, warps, stages, split, True, True, zs_2d
+                        )
+
+                    row(
+                        label.replace("wave", "loads only"),
+                        programs,
+                        graph_ms([lambda p=p: only(p) for p in packs]),
+                    )
             except Exception as e:  # a tile that does not fit (shared memory) is reported, not fatal
-                print(f"| {name} | {label} | {programs} | failed: {str(e).splitlines()[0][:80]} | | | |", flush=True)
+                print(
+                    f"| {name} | {label} | {programs} | failed: {str(e).splitlines()[0][:80]} | | | |",
+                    flush=True,
+                )
         del packs
         torch.cuda.empty_cache()
 
