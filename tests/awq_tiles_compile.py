@@ -93,7 +93,7 @@ def compile_one(job: tuple) -> str | None:
 
 
 def main() -> int:
-    jobs = awq_tile_jobs() + stream_tile_jobs() + mma_tile_jobs() + decode_kernel_jobs()
+    jobs = awq_tile_jobs() + stream_tile_jobs() + mma_tile_jobs() + x16_tile_jobs() + decode_kernel_jobs()
     named = [((kernel.fn.__module__, kernel.fn.__name__), *rest) for kernel, *rest in jobs]
     # ptxas takes most of the time, one kernel at a time: one process a core
     with ProcessPoolExecutor(os.cpu_count() or 1, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -151,6 +151,43 @@ def mma_tile_jobs() -> list[Job]:
     picks += [(group, 8192, mma_configs(8192, group)[-1]) for group in (64, 32)]
     picks += [(128, 8192, rows_config(8192, 128))]
     return one_row_jobs(picks, "tensor-core one-row")
+
+
+def x16_tile_jobs() -> list[Job]:
+    """The dp2a one-row kernel (awq_x16): the tile x16_config picks at each shape and group, each
+    width, unit and depth of x16_configs at K 8192 with the fewest units a program, columns masked,
+    and quantize_x's kernel for each block size and activation dtype."""
+    from tameshi.kernels.awq_x16 import _awq_gemv_x16_kernel, _quantize_x_kernel, x16_config, x16_configs
+
+    picks = [(k, n, group, x16_config(n, k, group)) for k, n in SHAPES for group in GROUPS if k % group == 0]
+    fewest = {(c.block_n, c.block_k, c.depth): c for c in reversed(x16_configs(8192, 128))}
+    picks += [(8192, 10240, 128, c) for c in fewest.values()] + [
+        (8192, 10240 + 128, 128, x16_config(8192, 8192, 128))
+    ]
+    jobs, seen = [], set()
+    for k, n, group, cfg in picks:
+        kernel, consts = kernel_constants(cfg, k, group, torch.float16, True, with_pdl=True, n=n)
+        assert kernel is _awq_gemv_x16_kernel
+        consts["ASM"] = True
+        key = tuple(sorted(consts.items()))
+        if key in seen:
+            continue
+        seen.add(key)
+        sig = {"q_ptr": "*i16", "xs_ptr": "*fp32", "xsum_ptr": "*i32", "w_ptr": "*i32", "z_ptr": "*fp16"}
+        sig |= {"s_ptr": "*fp16", "y_ptr": "*fp16", "ws_ptr": "*fp32", "count_ptr": "*i32"}
+        sig |= {"N": "i32", "K": "i32", "stride_ym": "i32"} | dict.fromkeys(consts, "constexpr")
+        attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(sig) if sig[name] != "constexpr"}
+        options = {"num_warps": cfg.num_warps, "num_stages": 1, "launch_pdl": True}
+        jobs.append(
+            (_awq_gemv_x16_kernel, sig, consts, attrs, options, f"dp2a K={k} N={n} group={group}: {cfg}")
+        )
+    for xb, act in itertools.product((32, 64, 128), ("*fp16", "*bf16")):
+        consts = {"XB": xb, "BLOCKS": 8, "PDL": True}
+        sig = {"x_ptr": act, "q_ptr": "*i16", "scale_ptr": "*fp32", "sum_ptr": "*i32", "stride_xm": "i32"}
+        sig |= {"K": "i32"} | dict.fromkeys(consts, "constexpr")
+        options = {"num_warps": 4, "launch_pdl": True}
+        jobs.append((_quantize_x_kernel, sig, consts, {}, options, f"quantize_x XB={xb} {act}"))
+    return jobs
 
 
 def decode_kernel_jobs() -> list[Job]:

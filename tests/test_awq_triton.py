@@ -325,9 +325,10 @@ def test_default_config_splits_k_evenly():
 
 
 def test_one_row_default_streams_fp16_on_paired_words():
-    """One row of fp16 x on paired words takes the streamed tile (units of 64 of K, four a program or
-    two where four leave too few programs); bf16 x, natural nibble order and x off 16-byte alignment
-    take the default one-row kernel."""
+    """With TAMESHI_AWQ_X16=0, one row of fp16 x on paired words takes the streamed tile (units of 64
+    of K, four a program or two where four leave too few programs); bf16 x, natural nibble order and x
+    off 16-byte alignment take the default one-row kernel. By default, those two take the dp2a kernel
+    instead (tests/test_awq_x16.py)."""
     qkv = default_config(1, 10240, 8192, 128, stream=True)  # 128 units, 20 column tiles: 640 programs at 4
     assert qkv.stream and qkv.depth == 1
     assert (qkv.block_n, qkv.num_warps, qkv.block_k, qkv.split_k) == (512, 4, 64, 32)
@@ -337,21 +338,27 @@ def test_one_row_default_streams_fp16_on_paired_words():
     assert (odd.block_k, odd.split_k) == (32, 65)
     assert not default_config(1, 8192, 8192, 128).stream
     assert not default_config(4, 8192, 8192, 128, stream=True).stream
+    assert default_config(1, 8192, 8192, 128, stream=True, x16=True).x16
 
-    chosen = []
-    real_launch = awq_triton.launch
-    with pytest.MonkeyPatch.context() as mp:
-        record = lambda x, packed, cfg, *a: chosen.append(cfg) or real_launch(x, packed, cfg, *a)  # noqa: E731
-        mp.setattr(awq_triton, "launch", record)
-        paired, w = packed_and_reference(512, 256, 128, seed=5, paired=True)
-        nibbles, _ = packed_and_reference(512, 256, 128, seed=5)
-        x = torch.randn(1, 520, generator=torch.Generator().manual_seed(5)).half().to(DEVICE)
-        cases = [(x[:, :512], paired), (x[:, :512].bfloat16(), paired), (x[:, :512], nibbles)]
-        cases.append((x[:, 4:516], paired))  # 8 bytes past a 16-byte boundary
-        for case_x, packed in cases:
-            y, ref = awq_matmul(case_x, packed).cpu().float(), case_x.cpu().float() @ w
-            torch.testing.assert_close(y, ref, rtol=2**-8, atol=2**-8 * ref.abs().max().item())
-    assert [cfg.stream for cfg in chosen] == [True, False, False, False]
+    def kinds(env: str) -> list[str]:
+        chosen = []
+        real_launch = awq_triton.launch
+        with pytest.MonkeyPatch.context() as mp:
+            record = lambda x, packed, cfg, *a: chosen.append(cfg) or real_launch(x, packed, cfg, *a)  # noqa: E731
+            mp.setattr(awq_triton, "launch", record)
+            mp.setenv("TAMESHI_AWQ_X16", env)
+            paired, w = packed_and_reference(512, 256, 128, seed=5, paired=True)
+            nibbles, _ = packed_and_reference(512, 256, 128, seed=5)
+            x = torch.randn(1, 520, generator=torch.Generator().manual_seed(5)).half().to(DEVICE)
+            cases = [(x[:, :512], paired), (x[:, :512].bfloat16(), paired), (x[:, :512], nibbles)]
+            cases.append((x[:, 4:516], paired))  # 8 bytes past a 16-byte boundary
+            for case_x, packed in cases:
+                y, ref = awq_matmul(case_x, packed).cpu().float(), case_x.cpu().float() @ w
+                torch.testing.assert_close(y, ref, rtol=2**-8, atol=2**-8 * ref.abs().max().item())
+        return ["x16" if c.x16 else "stream" if c.stream else "default" for c in chosen]
+
+    assert kinds("0") == ["stream", "default", "default", "default"]
+    assert kinds("1") == ["stream", "x16", "default", "x16"]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

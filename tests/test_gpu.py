@@ -292,9 +292,30 @@ def test_tensor_core_one_row_kernel_at_67b_shapes_equals_reference(k, n):
     torch.cuda.empty_cache()
 
 
-@pytest.mark.parametrize("kernel", ["stream", "mma", "mma-rows"])
+@pytest.mark.parametrize(("k", "n"), SHAPES_67B)
+def test_x16_one_row_kernel_at_67b_shapes_equals_reference(k, n):
+    """The dp2a one-row kernel's PTX (awq_x16; the CPU tests run an interpreter of it) at the 67B shapes,
+    for each width, unit, depth and the tile awq_matmul picks: within 2e-3 of the largest output (x
+    with an outlier of 40), every column written, its split-K scratch left zero; bf16 x too."""
+    from tameshi.kernels.awq_x16 import x16_config, x16_configs
+
+    packed, w, gen = paired_awq_and_reference(k, n, seed=k + n + 3)
+    x = torch.randn(1, k, device="cuda", generator=gen).half()
+    x[0, 7] = 40.0
+    shapes: dict[tuple, list] = {}
+    for cfg in x16_configs(k, 128):
+        shapes.setdefault((cfg.block_n, cfg.block_k, cfg.depth), []).append(cfg)
+    tiles = [min(same, key=lambda c: abs(k // c.block_k // c.split_k - 3)) for same in shapes.values()]
+    for cfg in [x16_config(n, k, 128), *tiles]:
+        assert_tile_equals_reference(x, packed, w, cfg)
+    assert_tile_equals_reference(x.bfloat16(), packed, w, x16_config(n, k, 128))
+    del w
+    torch.cuda.empty_cache()
+
+
+@pytest.mark.parametrize("kernel", ["stream", "mma", "mma-rows", "x16"])
 def test_streamed_one_row_kernel_reads_x_after_the_kernel_that_writes_it(kernel):
-    """With programmatic dependent launch the one-row kernels (streamed, tensor-core) start while the
+    """With programmatic dependent launch the one-row kernels (streamed, tensor-core, dp2a) start while the
     norm before them is still running, and may only load their weights then: inside a CUDA graph,
     norm -> matmul -> norm -> matmul on fresh inputs each replay equals the same chain run eagerly
     one kernel at a time."""
@@ -311,6 +332,9 @@ def test_streamed_one_row_kernel_reads_x_after_the_kernel_that_writes_it(kernel)
     cfg = MatmulConfig(1, 256, 128, 16, 2, by_word=True, magic=True, fixup=True, stream=True)
     if kernel == "mma":
         cfg = MatmulConfig(1, 256, 32, 32, 4, fixup=True, mma=True, depth=2)
+    if kernel == "x16":  # quantize_x and the kernel: both must wait for the norm before them
+        cfg = default_config(1, k, k, 128, x16=True)
+        assert cfg.x16
     m = 1
     if kernel == "mma-rows":  # 4 rows in the 8-row tile, as awq_matmul picks for them
         m, cfg = 4, default_config(4, k, k, 128, stream=True)

@@ -24,6 +24,7 @@ reference) by tests/test_awq_triton.py, under TRITON_INTERPRET=1 on CPU.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 
 import torch
@@ -623,9 +624,14 @@ class MatmulConfig:
     # one-row kernel, fp16 x on paired words: the products on tensor cores, one mma.sync a word a
     # thread (tameshi.kernels.awq_mma); block_k 32, block_n 64 a warp, `depth` blocks loaded ahead
     mma: bool = False
+    # one-row kernel on paired words (fp16 or bf16 x): x quantized to int16 first, the products
+    # integers by dp2a (tameshi.kernels.awq_x16); the streamed kernel's grid, units and depth
+    x16: bool = False
 
 
-def default_config(m: int, n: int, k: int, group: int, stream: bool = False) -> MatmulConfig:
+def default_config(
+    m: int, n: int, k: int, group: int, stream: bool = False, x16: bool = False
+) -> MatmulConfig:
     """Tiles by row count, from the sweeps in benchmarks/awq_kernels.py on an H100 and an H200
     (67B shapes; benchmarks/results/awq-sweep-*.md).
 
@@ -636,8 +642,13 @@ def default_config(m: int, n: int, k: int, group: int, stream: bool = False) -> 
     67B shapes, against 64 columns with fp32 products and x loaded two codes at a time: gate_up 80.4
     -> 51.5 µs, 56% -> 88% of the copy bandwidth; benchmarks/results/awq-sweep-h200.md). More rows:
     the tensor-core dot on a tile of fp16 weights (below); 2-8 rows of fp16 x on paired words, the
-    tensor-core one-row kernel (rows_config).
+    tensor-core one-row kernel (rows_config). One row where `x16` (awq_matmul: bf16 x, or x the
+    streamed kernel cannot read): x in int16 and integer products (awq_x16.x16_config).
     """
+    if m == 1 and x16:
+        from tameshi.kernels.awq_x16 import x16_config  # it imports this module
+
+        return x16_config(n, k, group)
     block_k = next(b for b in (128, 64, 32, 16) if group % b == 0)
     n_blocks = k // block_k
     if m == 1 and stream and group % 16 == 0:
@@ -751,7 +762,10 @@ def awq_matmul(
         raise ValueError(f"weight is [{kw}, {n}] (K, N) but x is [{m}, {k}]")
     x = x.contiguous()
     stream = x.dtype == torch.float16 and packed.paired and stream_fits(x)
-    cfg = config or default_config(m, n, k, packed.group, stream)
+    # one row: fp16 x the streamed kernel reads -> it; else (bf16, x off 16 bytes) the dp2a kernel
+    # after quantize_x, where it fits (awq_x16 says why not for fp16 x too)
+    use_x16 = m == 1 and not stream and x16_default(packed)
+    cfg = config or default_config(m, n, k, packed.group, stream, use_x16)
     if cfg.mma and not _mma_fits(x, packed):
         cfg = default_config(m, n, k, packed.group)  # the kernels that read any alignment
     min_k = 16 if cfg.block_m > 1 else 8  # the tensor-core dot's least K
@@ -769,6 +783,16 @@ def awq_matmul(
     return y.to(out_dtype)
 
 
+def x16_default(packed: KPacked) -> bool:
+    """May awq_matmul run one row on the dp2a kernel (awq_x16) for this weight? Where the kernel
+    reads it (paired words, a fitting group), unless TAMESHI_AWQ_X16=0."""
+    from tameshi.kernels.awq_x16 import x16_fits  # it imports this module
+
+    return os.environ.get("TAMESHI_AWQ_X16", "1") != "0" and x16_fits(
+        packed.shape[1], packed.group, packed.paired
+    )
+
+
 def launch(
     x: torch.Tensor,
     packed: KPacked,
@@ -780,6 +804,10 @@ def launch(
     """awq_matmul's kernel on buffers it was given: y [M, N] (float32 and zeroed for split K's
     atomics), and for split K in one launch the zeroed workspace (float32, [M, N] contiguous) and
     tile counters."""
+    if cfg.x16:
+        from tameshi.kernels.awq_x16 import launch_x16  # it imports this module
+
+        return launch_x16(x, packed, cfg, y, ws, counts)
     m, k = x.shape
     n = packed.shape[1]
     with_pdl = pdl(x.device)
@@ -823,6 +851,10 @@ def kernel_constants(
     """The kernel that runs `cfg` and its compile-time constants (also for compiling it ahead, in tests).
     `with_pdl`: launched with programmatic dependent launch (the one-row kernels take it). `n`, where
     known, lets the streamed kernel drop its column masks."""
+    if cfg.x16:
+        from tameshi.kernels.awq_x16 import _awq_gemv_x16_kernel, x16_constants  # it imports this module
+
+        return _awq_gemv_x16_kernel, x16_constants(cfg, k, group, with_pdl, n)
     fixup = cfg.split_k > 1 and cfg.fixup
     blocks = k // cfg.block_k // cfg.split_k  # per program
     asm = not interpreted()
