@@ -155,9 +155,49 @@ def _unit_dots(words_a, words_b, z, x_row, unit, RU: tl.constexpr, ASM: tl.const
 
 
 @triton.jit
-def _unit_sums(acc, words_a, words_b, z, s, x_row, unit, RU: tl.constexpr, ASM: tl.constexpr):
-    """acc [BLOCK_N] + the unit's products, summed over its rows (in each thread) times the scale."""
+def _unit_sums(
+    acc, words_a, words_b, z, s, x_row, _unused, _unused2, unit, RU: tl.constexpr, ASM: tl.constexpr
+):
+    """acc [BLOCK_N] + the unit's products, summed over its rows (in each thread) times the scale
+    (stream_units' SUMS: x is one pointer, the other two are not used)."""
     return acc + tl.sum(_unit_dots(words_a, words_b, z, x_row, unit, RU, ASM), axis=0) * s.to(tl.float32)
+
+
+@triton.jit
+def stream_units(
+    w_ptr, z_ptr, s_ptr, first, offs_n, mask_n, N, x_a, x_b, x_c, RU: tl.constexpr, GROUP: tl.constexpr,
+    UNITS: tl.constexpr, DEPTH: tl.constexpr, EVEN: tl.constexpr, PDL: tl.constexpr, SUMS: tl.constexpr,
+    ASM: tl.constexpr,
+):  # fmt: skip
+    """A program's sum [BLOCK_N] over UNITS units of RU word rows from unit `first` on, loading DEPTH
+    (1 or 2) units ahead of the one it computes; SUMS(acc, words_a, words_b, zeros, scales, x_a,
+    x_b, x_c, unit, RU, ASM) adds one unit (x_a-x_c: where the kernel's x is). With PDL the first
+    units' weights load before the wait for the kernel that writes x. (Also the dp2a kernel's, awq_x16.)"""
+    a0, b0, z0, s0 = _load_unit(w_ptr, z_ptr, s_ptr, first, offs_n, mask_n, N, RU, GROUP, EVEN)
+    if DEPTH == 2:
+        a1, b1, z1, s1 = _load_unit(w_ptr, z_ptr, s_ptr, first + 1, offs_n, mask_n, N, RU, GROUP, EVEN)
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+    acc = tl.zeros(offs_n.shape, dtype=tl.float32)
+    # Unit i + DEPTH is loaded before unit i is summed, into registers. Unrolled: in a loop, ptxas
+    # (sm_90) sank the next unit's loads below the current unit's arithmetic, so nothing overlapped;
+    # unrolled it issues them while it computes (row by row, as registers free up).
+    for i in tl.static_range(UNITS - DEPTH):
+        a2, b2, z2, s2 = _load_unit(
+            w_ptr, z_ptr, s_ptr, first + i + DEPTH, offs_n, mask_n, N, RU, GROUP, EVEN
+        )
+        acc = SUMS(acc, a0, b0, z0, s0, x_a, x_b, x_c, first + i, RU, ASM)
+        if DEPTH == 2:
+            a0, b0, z0, s0 = a1, b1, z1, s1
+            a1, b1, z1, s1 = a2, b2, z2, s2
+        else:
+            a0, b0, z0, s0 = a2, b2, z2, s2
+    if DEPTH == 2:
+        acc = SUMS(acc, a0, b0, z0, s0, x_a, x_b, x_c, first + UNITS - 2, RU, ASM)
+        acc = SUMS(acc, a1, b1, z1, s1, x_a, x_b, x_c, first + UNITS - 1, RU, ASM)
+    else:
+        acc = SUMS(acc, a0, b0, z0, s0, x_a, x_b, x_c, first + UNITS - 1, RU, ASM)
+    return acc
 
 
 @triton.jit
@@ -167,9 +207,7 @@ def _awq_gemv_stream_kernel(
     SPLIT_K: tl.constexpr, DEPTH: tl.constexpr, FIXUP: tl.constexpr, EVEN: tl.constexpr,
     ASM: tl.constexpr, PDL: tl.constexpr = False,
 ):  # fmt: skip
-    """Program (column block, row, K split) sums UNITS units of RU word rows, loading DEPTH (1 or 2)
-    units ahead of the one it computes. With PDL its first units' weights load before it waits for
-    the kernel that writes x."""
+    """Program (column block, row, K split) sums UNITS units of RU word rows (stream_units)."""
     if PDL:
         tl.extra.cuda.gdc_launch_dependents()
     pid_n = tl.program_id(0)
@@ -178,31 +216,10 @@ def _awq_gemv_stream_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     x_row = x_ptr + row * stride_xm
-    first = pid_k * UNITS
-    a0, b0, z0, s0 = _load_unit(w_ptr, z_ptr, s_ptr, first, offs_n, mask_n, N, RU, GROUP, EVEN)
-    if DEPTH == 2:
-        a1, b1, z1, s1 = _load_unit(w_ptr, z_ptr, s_ptr, first + 1, offs_n, mask_n, N, RU, GROUP, EVEN)
-    if PDL:
-        tl.extra.cuda.gdc_wait()
-    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    # Unit i + DEPTH is loaded before unit i is summed, into registers. Unrolled: in a loop, ptxas
-    # (sm_90) sank the next unit's loads below the current unit's arithmetic, so nothing overlapped;
-    # unrolled it issues them while it computes (row by row, as registers free up).
-    for i in tl.static_range(UNITS - DEPTH):
-        a2, b2, z2, s2 = _load_unit(
-            w_ptr, z_ptr, s_ptr, first + i + DEPTH, offs_n, mask_n, N, RU, GROUP, EVEN
-        )
-        acc = _unit_sums(acc, a0, b0, z0, s0, x_row, first + i, RU, ASM)
-        if DEPTH == 2:
-            a0, b0, z0, s0 = a1, b1, z1, s1
-            a1, b1, z1, s1 = a2, b2, z2, s2
-        else:
-            a0, b0, z0, s0 = a2, b2, z2, s2
-    if DEPTH == 2:
-        acc = _unit_sums(acc, a0, b0, z0, s0, x_row, first + UNITS - 2, RU, ASM)
-        acc = _unit_sums(acc, a1, b1, z1, s1, x_row, first + UNITS - 1, RU, ASM)
-    else:
-        acc = _unit_sums(acc, a0, b0, z0, s0, x_row, first + UNITS - 1, RU, ASM)
+    acc = stream_units(
+        w_ptr, z_ptr, s_ptr, pid_k * UNITS, offs_n, mask_n, N, x_row, x_row, x_row, RU, GROUP, UNITS, DEPTH,
+        EVEN, PDL, _unit_sums, ASM,
+    )  # fmt: skip
     count = count_ptr + row * tl.num_programs(0) + pid_n
     _store_output(
         acc, y_ptr + row * stride_ym + offs_n, ws_ptr + row * N + offs_n, count, mask_n, SPLIT_K, FIXUP

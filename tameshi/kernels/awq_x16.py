@@ -40,7 +40,7 @@ import triton
 import triton.language as tl
 
 from tameshi.kernels import interpreted, pdl
-from tameshi.kernels.awq_gemv import COLUMNS, _load_unit
+from tameshi.kernels.awq_gemv import COLUMNS, stream_units
 from tameshi.kernels.awq_triton import KPacked, MatmulConfig, _store_output
 
 SCALE = tl.constexpr(32767.0)  # the int16 a block's largest |x| becomes
@@ -172,28 +172,10 @@ def _awq_gemv_x16_kernel(
     q_row = q_ptr + row.to(tl.int64) * K
     xs_row = xs_ptr + row * (K // (8 * RU))
     xsum_row = xsum_ptr + row * (K // (8 * RU))
-    first = pid_k * UNITS
-    a0, b0, z0, s0 = _load_unit(w_ptr, z_ptr, s_ptr, first, offs_n, mask_n, N, RU, GROUP, EVEN)
-    if DEPTH == 2:
-        a1, b1, z1, s1 = _load_unit(w_ptr, z_ptr, s_ptr, first + 1, offs_n, mask_n, N, RU, GROUP, EVEN)
-    if PDL:
-        tl.extra.cuda.gdc_wait()
-    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    for i in tl.static_range(UNITS - DEPTH):  # unrolled, as in the streamed kernel (its comment says why)
-        a2, b2, z2, s2 = _load_unit(
-            w_ptr, z_ptr, s_ptr, first + i + DEPTH, offs_n, mask_n, N, RU, GROUP, EVEN
-        )
-        acc = _unit_sums(acc, a0, b0, z0, s0, q_row, xs_row, xsum_row, first + i, RU, ASM)
-        if DEPTH == 2:
-            a0, b0, z0, s0 = a1, b1, z1, s1
-            a1, b1, z1, s1 = a2, b2, z2, s2
-        else:
-            a0, b0, z0, s0 = a2, b2, z2, s2
-    if DEPTH == 2:
-        acc = _unit_sums(acc, a0, b0, z0, s0, q_row, xs_row, xsum_row, first + UNITS - 2, RU, ASM)
-        acc = _unit_sums(acc, a1, b1, z1, s1, q_row, xs_row, xsum_row, first + UNITS - 1, RU, ASM)
-    else:
-        acc = _unit_sums(acc, a0, b0, z0, s0, q_row, xs_row, xsum_row, first + UNITS - 1, RU, ASM)
+    acc = stream_units(
+        w_ptr, z_ptr, s_ptr, pid_k * UNITS, offs_n, mask_n, N, q_row, xs_row, xsum_row, RU, GROUP, UNITS,
+        DEPTH, EVEN, PDL, _unit_sums, ASM,
+    )  # fmt: skip
     count = count_ptr + row * tl.num_programs(0) + pid_n
     _store_output(
         acc, y_ptr + row * stride_ym + offs_n, ws_ptr + row * N + offs_n, count, mask_n, SPLIT_K, FIXUP
