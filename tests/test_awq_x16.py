@@ -125,10 +125,9 @@ def test_x16_default_tiles():
     assert x16_config(1536, 576, 64).split_k == 9  # 9 units, 6 column tiles: one a program
     assert default_config(1, 8192, 8192, 128, x16=True) == o
     assert x16_fits(8192, 128, True) and not x16_fits(8192, 128, False) and not x16_fits(8192, 16, True)
-    for cfg in x16_configs(8192, 128) + x16_configs(22016, 64):
-        assert (
-            cfg.x16 and (8192 if cfg in x16_configs(8192, 128) else 22016) % (cfg.block_k * cfg.split_k) == 0
-        )
+    for k, group in ((8192, 128), (22016, 64)):
+        for cfg in x16_configs(k, group):
+            assert cfg.x16 and k % (cfg.block_k * cfg.split_k) == 0
 
 
 def test_x16_tile_shape_is_checked():
