@@ -70,6 +70,44 @@ def kernel_table(prof: torch.profiler.profile, steps: int, top: int = 15) -> lis
     return lines
 
 
+LINEARS = ("qkv", "o", "gate_up", "down")  # a Llama layer's AWQ matmuls, in the order a decode step runs them
+
+
+def exposed_table(prof: torch.profiler.profile, steps: int) -> list[str]:
+    """How much each kind of kernel lengthens the step: with PDL a kernel starts before the one before it
+    ends, so its own duration overlaps; what it adds is how far its end reaches past every earlier
+    kernel's (and the GPU's idle gaps between kernels, apart). AWQ matmuls by linear (LINEARS, in turn)."""
+    kernels = sorted(
+        (e.time_range.start, e.time_range.end, e.name)
+        for e in prof.events()
+        if e.device_type == torch.autograd.DeviceType.CUDA
+    )
+    if not kernels:
+        return []
+    added: dict[str, float] = defaultdict(float)
+    calls: dict[str, int] = defaultdict(int)
+    reach, idle, awq = kernels[0][0], 0.0, 0
+    for start, end, name in kernels:
+        kind = kind_of(name)
+        if kind == "AWQ matmul":
+            kind = f"AWQ matmul, {LINEARS[awq % len(LINEARS)]}"
+            awq += 1
+        calls[kind] += 1
+        if start > reach:
+            idle += start - reach
+            reach = start
+        if end > reach:
+            added[kind] += end - reach
+            reach = end
+    span = reach - kernels[0][0]
+    lines = ["| kernels | µs added per step | per launch | launches per step |", "|---|---:|---:|---:|"]
+    for kind, us in sorted(added.items(), key=lambda kv: -kv[1]):
+        lines.append(f"| {kind} | {us / steps:.0f} | {us / calls[kind]:.2f} | {calls[kind] / steps:.0f} |")
+    lines.append(f"| GPU idle between kernels | {idle / steps:.0f} | | |")
+    lines.append(f"| span | {span / steps:.0f} | | |")
+    return lines
+
+
 def profile_batch(llm: LLM, batch: int, prompt_len: int, steps: int) -> None:
     engine = llm.engine
     params = SamplingParams(
@@ -112,6 +150,7 @@ def profile_batch(llm: LLM, batch: int, prompt_len: int, steps: int) -> None:
         )
         if cuda:
             print("\n".join(kernel_table(prof, n)))
+            print("\n" + "\n".join(exposed_table(prof, n)))
         else:
             print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=12))
 
