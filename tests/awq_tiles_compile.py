@@ -196,17 +196,20 @@ def decode_kernel_jobs() -> list[Job]:
 
     f16 = "*fp16"
     jobs = []
+    x16 = {"q_ptr": "*i16", "qs_ptr": "*fp32", "qsum_ptr": "*i32"}  # awq_x16.QuantizedX's
+    norm = {"x_ptr": f16, "delta_ptr": f16, "w_ptr": f16, "sum_ptr": f16, "out_ptr": f16}
     for n in (8192, 4096):
-        sig = {
-            "x_ptr": f16,
-            "delta_ptr": f16,
-            "w_ptr": f16,
-            "sum_ptr": f16,
-            "out_ptr": f16,
-            "n": "i32",
-            "eps": "fp32",
-        }
+        sig = norm | {"n": "i32", "eps": "fp32"}
         jobs.append((fused._add_rms_norm_kernel, sig, {"HAS_DELTA": True, "BLOCK": n}, 8))
+        sig = norm | x16 | {"n": "i32", "eps": "fp32"}  # and the output quantized for the dp2a kernel
+        jobs.append(
+            (
+                fused._add_rms_norm_x16_kernel,
+                sig,
+                {"HAS_DELTA": True, "BLOCK": n, "CHUNK": 1024, "XB": 128},
+                8,
+            )
+        )
     sig = {"qk_ptr": f16, "cos_ptr": f16, "sin_ptr": f16, "row_stride": "i32"}
     jobs.append((fused._rope_kernel, sig, {"HEAD_DIM": 128, "HALF": 64}, 4))
     jobs.append((fused._silu_mul_kernel, {"gu_ptr": f16, "out_ptr": f16, "n": "i32"}, {"BLOCK": 1024}, 4))
@@ -228,8 +231,10 @@ def decode_kernel_jobs() -> list[Job]:
         consts |= {"CHUNK": paged_attention.CHUNK, "SPLITS": paged_attention.SPLITS}
         jobs.append((paged_attention._paged_decode_kernel, sig, consts, 4))
     sig = {"acc_ptr": "*fp32", "max_ptr": "*fp32", "sum_ptr": "*fp32", "lens_ptr": "*i64", "out_ptr": f16}
-    consts = {"HEAD_DIM": 128, "CHUNK": paged_attention.CHUNK, "SPLITS": paged_attention.SPLITS}
-    jobs.append((paged_attention._merge_kernel, sig, consts, 4))
+    sig |= x16
+    for quantized in (False, True):
+        consts = {"HEAD_DIM": 128, "CHUNK": paged_attention.CHUNK, "SPLITS": paged_attention.SPLITS}
+        jobs.append((paged_attention._merge_kernel, sig, consts | {"X16": quantized}, 4))
     out = []
     for kernel, sig, consts, warps in jobs:
         consts = {**consts, "PDL": True}

@@ -225,3 +225,58 @@ def test_row_pair_ptx_run_by_an_interpreter_equals_numpy():
     sums = RowPair(memory).run(row_pair_ptx(), args)
     assert sums == [np.int32(v) for v in (codes * x[:, None]).sum(0)]
     assert SCALE.value == 32767.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_x_quantized_by_its_producer_runs_the_dp2a_kernel(dtype):
+    """awq_matmul with x_q (x quantized already, as the norm and attention kernels write it) runs one
+    row on the dp2a kernel for fp16 x too, with no quantize_x launch, and gives the numbers it gives
+    after quantize_x; without x_q fp16 x keeps the streamed kernel. More rows ignore x_q."""
+    from tameshi.kernels import awq_triton, awq_x16
+
+    k, n, group = 512, 256, 128
+    packed, w = packed_and_reference(k, n, group, seed=9)
+    x = torch.randn(1, k, generator=torch.Generator().manual_seed(9)).to(dtype).to(DEVICE)
+    x_q = quantize_x(x, 128)
+    chosen, quantized = [], []
+    real_launch, real_quantize = awq_triton.launch, awq_x16.quantize_x
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(
+            awq_triton, "launch", lambda x, p, cfg, *a: chosen.append(cfg) or real_launch(x, p, cfg, *a)
+        )
+        mp.setattr(awq_x16, "quantize_x", lambda *a: quantized.append(a) or real_quantize(*a))
+        given = awq_matmul(x, packed, x_q=x_q)
+        assert chosen[-1].x16 and not quantized
+        plain = awq_matmul(x, packed)  # fp16: the streamed kernel; bf16: dp2a after quantize_x
+        assert chosen[-1].x16 == (dtype == torch.bfloat16) and len(quantized) == (dtype == torch.bfloat16)
+        after = awq_x16.launch_x16  # the same tile after quantize_x: the same bits
+        y = torch.empty_like(given)
+        ws, counts = awq_triton.split_k_scratch(x.device, n, n // 128)
+        after(x, packed, chosen[0], y, ws, counts)
+        assert torch.equal(y, given)
+        awq_matmul(x.expand(2, k).contiguous(), packed, x_q=x_q)
+        assert not chosen[-1].x16
+    ref = x.float().cpu() @ w
+    rounding = 2**-8 if dtype == torch.bfloat16 else 2**-11  # y's own
+    for out in (given, plain):
+        assert (out.float().cpu() - ref).abs().max() <= (1e-3 + rounding) * ref.abs().max()
+
+
+def test_awq_linear_asks_for_x_quantized_only_for_one_row_on_cuda():
+    """AWQLinear.x16_block: None on CPU, for several rows, batch-invariant, or TAMESHI_AWQ_X16=0;
+    else its group's unit (so the norm and attention kernels quantize x for it)."""
+    from tameshi.loading.awq import AWQConfig
+    from tameshi.model.linear import AWQLinear, Linear
+
+    layer = AWQLinear(512, [256], AWQConfig(group_size=128, zero_point=True, version="gemm"))
+    packed, _ = packed_and_reference(512, 256, 128, seed=2)
+    assert Linear(512, [256]).x16_block(torch.zeros(1, 512)) is None
+    assert layer.x16_block(torch.zeros(1, 512)) is None  # CPU
+    if DEVICE != "cuda":
+        return
+    layer.kernel_weight = packed
+    one = torch.zeros(1, 512, dtype=torch.float16, device=DEVICE)
+    assert layer.x16_block(one) == 128
+    assert layer.x16_block(torch.zeros(2, 512, dtype=torch.float16, device=DEVICE)) is None
+    layer.batch_invariant = True
+    assert layer.x16_block(one) is None

@@ -73,3 +73,23 @@ def test_store_kv_writes_the_slots_of_k_and_v(kv_heads, head_dim):
     want_k[slots], want_v[slots] = k, v
     fused.store_kv(k, v, k_cache, v_cache, slots)
     assert torch.equal(k_cache, want_k) and torch.equal(v_cache, want_v)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("n", "block"), [(512, 128), (768, 64), (256, 256)])  # 768: a partial tile
+def test_add_rms_norm_x16_also_writes_its_output_as_quantize_x_would(dtype, n, block):
+    """The same sum and output as add_rms_norm, and the output quantized for the dp2a AWQ kernel bit
+    for bit as quantize_x quantizes it (values, scales, sums)."""
+    from tameshi.kernels.awq_x16 import quantize_x
+
+    weight = randn(n, dtype=dtype, seed=3) + 1
+    x, delta = randn(2, n, dtype=dtype, scale=4), randn(2, n, dtype=dtype, seed=1)
+    x[0, 5] = 300.0  # an outlier: its block's scale is not the others'
+    for d in (delta, None):
+        total, out = fused.add_rms_norm(x, d, weight, 1e-6)
+        total_q, out_q, x_q = fused.add_rms_norm_x16(x, d, weight, 1e-6, block)
+        assert torch.equal(total_q, total) and torch.equal(out_q, out)
+        for got, want in zip(x_q, quantize_x(out, block), strict=True):
+            assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="power of two"):
+        fused.add_rms_norm_x16(x, delta, weight, 1e-6, 96)

@@ -313,15 +313,15 @@ def test_x16_one_row_kernel_at_67b_shapes_equals_reference(k, n):
     torch.cuda.empty_cache()
 
 
-@pytest.mark.parametrize("kernel", ["stream", "mma", "mma-rows", "x16"])
+@pytest.mark.parametrize("kernel", ["stream", "mma", "mma-rows", "x16", "x16-norm"])
 def test_streamed_one_row_kernel_reads_x_after_the_kernel_that_writes_it(kernel):
     """With programmatic dependent launch the one-row kernels (streamed, tensor-core, dp2a) start while the
     norm before them is still running, and may only load their weights then: inside a CUDA graph,
     norm -> matmul -> norm -> matmul on fresh inputs each replay equals the same chain run eagerly
-    one kernel at a time."""
+    one kernel at a time. x16-norm: the norm writes x quantized for the dp2a kernel itself."""
     from tameshi.kernels import pdl
     from tameshi.kernels.awq_triton import MatmulConfig, awq_matmul, default_config, kpack
-    from tameshi.kernels.fused import add_rms_norm
+    from tameshi.kernels.fused import add_rms_norm, add_rms_norm_x16
 
     if not pdl(torch.device("cuda")):
         pytest.skip("programmatic dependent launch needs sm_90")
@@ -332,7 +332,7 @@ def test_streamed_one_row_kernel_reads_x_after_the_kernel_that_writes_it(kernel)
     cfg = MatmulConfig(1, 256, 128, 16, 2, by_word=True, magic=True, fixup=True, stream=True)
     if kernel == "mma":
         cfg = MatmulConfig(1, 256, 32, 32, 4, fixup=True, mma=True, depth=2)
-    if kernel == "x16":  # quantize_x and the kernel: both must wait for the norm before them
+    if kernel.startswith("x16"):  # quantize_x (or the norm) and the kernel: both wait for the norm before
         cfg = default_config(1, k, k, 128, x16=True)
         assert cfg.x16
     m = 1
@@ -341,11 +341,15 @@ def test_streamed_one_row_kernel_reads_x_after_the_kernel_that_writes_it(kernel)
         assert cfg.mma and cfg.block_m == 8
     src = torch.randn(m, k, device="cuda", generator=gen).half()
 
-    def chain():
-        _, h = add_rms_norm(src, None, weight, 1e-6)
-        y = awq_matmul(h, packed, cfg)
-        _, h = add_rms_norm(y, None, weight, 1e-6)
+    def norm_matmul(x):
+        if kernel == "x16-norm":
+            _, h, h_q = add_rms_norm_x16(x, None, weight, 1e-6, 128)
+            return awq_matmul(h, packed, x_q=h_q)
+        _, h = add_rms_norm(x, None, weight, 1e-6)
         return awq_matmul(h, packed, cfg)
+
+    def chain():
+        return norm_matmul(norm_matmul(src))
 
     chain()  # compile outside the capture
     stream = torch.cuda.Stream()
@@ -368,7 +372,7 @@ def test_streamed_one_row_kernel_reads_x_after_the_kernel_that_writes_it(kernel)
         torch.cuda.synchronize()
         _, h = add_rms_norm(y, None, weight, 1e-6)
         torch.cuda.synchronize()
-        want = awq_matmul(h, packed, cfg)
+        want = awq_matmul(h, packed, cfg)  # x16-norm: as quantize_x and the dp2a kernel compute it
         err = (out.float() - want.float()).abs().max().item() / want.float().abs().max().item()
         assert err < 1e-2, f"replay {seed}: {err:.2e}"  # split K adds in any order; stale x is far off
 
@@ -531,3 +535,54 @@ def test_paged_decode_kernel_at_real_shapes():
             paged_decode_attention(q[i : i + 1], k, v, tables[i : i + 1], ctx[i : i + 1], block_size)[0],
             got[i],
         )
+
+
+def test_awq_graph_decode_takes_x_quantized_by_the_norm_and_attention(tmp_path, monkeypatch):
+    """At batch 1 in fp16 an AWQ model's qkv and o projections run the dp2a kernel on x quantized by the
+    norm and attention kernels themselves (no quantize_x launch); each graphed step's logits equal the
+    eager step's on the streamed kernel (TAMESHI_AWQ_X16=0) on the same cache, within fp16 noise."""
+    from collections import Counter
+
+    from tameshi.engine import cuda_graphs
+    from tameshi.engine.engine import Engine, EngineConfig
+    from tameshi.engine.runner import ModelRunner
+    from tameshi.kernels import awq_x16, fused
+    from tameshi.quantize.synth import synth
+
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "hidden_size": 256, "intermediate_size": 512,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512,
+    }))  # fmt: skip
+    out = synth(str(cfg), tmp_path / "awq", quant="awq", group_size=64)  # head_dim 64: one block a head
+    llm = LLM(str(out), device="cuda", dtype="float16", progress=False)
+    calls = Counter()
+    for module, name in ((fused, "add_rms_norm_x16"), (cuda_graphs, "paged_decode_attention_x16"), (awq_x16, "quantize_x")):  # fmt: skip
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, real=real, name=name: calls.update([name]) or real(*a))
+    engine = Engine(
+        llm.loaded.model, llm.tokenizer, llm.loaded.generation_config,
+        EngineConfig(cuda_graphs=True, max_num_seqs=1),
+    )  # fmt: skip
+    runner, model, cache = engine.runner, llm.loaded.model, engine.cache
+    worst, steps = 0.0, 0
+
+    def checked(seqs, ids, positions):
+        nonlocal worst, steps
+        graphed = ModelRunner._decode_graph(runner, seqs, ids, positions).clone()
+        with monkeypatch.context() as mp:
+            mp.setenv("TAMESHI_AWQ_X16", "0")
+            cache.prepare([(s.block_table, p, 1) for s, p in zip(seqs, positions, strict=True)])
+            ids_t, pos_t = torch.tensor(ids, device="cuda"), torch.tensor(positions, device="cuda")
+            eager = model.compute_logits(model(ids_t, pos_t, cache))
+        worst = max(worst, ((graphed.float() - eager.float()).abs().max() / eager.float().abs().max()).item())
+        steps += 1
+        return graphed
+
+    runner._decode_graph = checked
+    params = SamplingParams(max_new_tokens=20, min_new_tokens=20, do_sample=False).resolve({})
+    for _ in engine.generate_batch([(llm.tokenizer.encode("word " * 10), params)]):
+        pass
+    print(f"{steps} graph steps, worst relative logit error {worst:.2e}, calls {dict(calls)}")
+    assert steps >= 19 and worst < 1e-2
+    assert calls["add_rms_norm_x16"] and calls["paged_decode_attention_x16"] and not calls["quantize_x"]

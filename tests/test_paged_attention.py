@@ -76,3 +76,20 @@ def test_kernel_gives_a_sequence_the_same_bits_alone_and_in_a_batch():
     for i in range(len(lens)):
         alone = paged_decode_attention(q[i : i + 1], k, v, tables[i : i + 1], ctx[i : i + 1], block_size)
         assert torch.equal(alone[0], batched[i])
+
+
+def test_kernel_x16_also_writes_its_output_as_quantize_x_would():
+    """paged_decode_attention_x16: the same output, and each head's output quantized as one block of
+    the dp2a AWQ kernel's x, bit for bit as quantize_x quantizes the output [B, H·D]."""
+    from tameshi.kernels.awq_x16 import quantize_x
+    from tameshi.kernels.paged_attention import paged_decode_attention_x16
+
+    n_heads, dim, block_size = 4, 32, 16
+    q, k, v, tables, ctx = random_pool([1, 40], n_heads, 2, dim, block_size, 4, seed=7)
+    q, k, v = (t.half().to(DEVICE) for t in (q, k, v))
+    q[1, 2, 3] = 80.0  # one head's scores far from the others'
+    args = (q, k, v, tables.to(DEVICE), ctx.to(DEVICE), block_size)
+    out, x_q = paged_decode_attention_x16(*args)
+    assert torch.equal(out, paged_decode_attention(*args))
+    for got, want in zip(x_q, quantize_x(out.reshape(2, -1), dim), strict=True):
+        assert torch.equal(got, want)

@@ -21,13 +21,17 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from tameshi.engine.paged_cache import PagedKVCache
 from tameshi.kernels.fused import store_kv
-from tameshi.kernels.paged_attention import paged_decode_attention
+from tameshi.kernels.paged_attention import paged_decode_attention, paged_decode_attention_x16
 from tameshi.model.llama import LlamaForCausalLM
+
+if TYPE_CHECKING:
+    from tameshi.kernels.awq_x16 import QuantizedX
 
 BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 
@@ -40,9 +44,19 @@ class _StaticDecodeBackend:
         self.slots, self.tables, self.lens = slots[:batch], tables[:batch], lens[:batch]
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        k_cache, v_cache = self._store(layer, k, v)
+        return paged_decode_attention(q, k_cache, v_cache, self.tables, self.lens, self.cache.block_size)
+
+    def attend_x16(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, QuantizedX | None]:
+        k_cache, v_cache = self._store(layer, k, v)
+        return paged_decode_attention_x16(q, k_cache, v_cache, self.tables, self.lens, self.cache.block_size)
+
+    def _store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k_cache, v_cache = self.cache.k[layer], self.cache.v[layer]
         store_kv(k, v, k_cache, v_cache, self.slots)
-        return paged_decode_attention(q, k_cache, v_cache, self.tables, self.lens, self.cache.block_size)
+        return k_cache, v_cache
 
 
 @dataclass

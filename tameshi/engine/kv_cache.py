@@ -6,10 +6,15 @@ batched serving; both answer `attend` the same way.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 
 from tameshi.model.config import ModelConfig
+
+if TYPE_CHECKING:
+    from tameshi.kernels.awq_x16 import QuantizedX
 
 
 class ContiguousKVCache:
@@ -36,6 +41,11 @@ class ContiguousKVCache:
 
     def end_step(self) -> None:
         self.length += self._n_new
+
+    def attend_x16(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, QuantizedX | None]:
+        return self.attend(layer, q, k, v), None  # no kernel here writes the quantized form
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         start, end = self._start, self._start + self._n_new

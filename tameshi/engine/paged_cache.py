@@ -11,11 +11,15 @@ kernel are attended one by one too: a padded call's sums over keys follow the ba
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from tameshi.model.config import ModelConfig
+
+if TYPE_CHECKING:
+    from tameshi.kernels.awq_x16 import QuantizedX
 
 
 def kv_bytes_per_token(config: ModelConfig, dtype: torch.dtype) -> int:
@@ -95,7 +99,18 @@ class PagedKVCache:
         mask = torch.arange(width * self.block_size)[None, :] < lens[:, None]
         return _Decode(q_index, blocks.to(self.device), mask[:, None, None, :].to(self.device), None)
 
-    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def attend_x16(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, QuantizedX | None]:
+        d = self._decode
+        if d is None or d.lens is None or d.q_index is not None or self._prefills:
+            return self.attend(layer, q, k, v), None  # no kernel of this step writes the quantized form
+        from tameshi.kernels.paged_attention import paged_decode_attention_x16
+
+        k_cache, v_cache = self._store(layer, k, v)  # decodes alone, on the kernel: as a graph replays it
+        return paged_decode_attention_x16(q, k_cache, v_cache, d.blocks, d.lens, self.block_size)
+
+    def _store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k_cache, v_cache = self.k[layer], self.v[layer]
         if k.is_cuda:  # one kernel for both
             from tameshi.kernels.fused import store_kv
@@ -104,6 +119,10 @@ class PagedKVCache:
         else:
             k_cache.index_copy_(0, self._slot_mapping, k)
             v_cache.index_copy_(0, self._slot_mapping, v)
+        return k_cache, v_cache
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        k_cache, v_cache = self._store(layer, k, v)
         out = torch.empty_like(q)
         gqa = q.shape[1] != k.shape[1]
         for p in self._prefills:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import triton
@@ -33,6 +34,9 @@ import triton.language as tl
 
 from tameshi.kernels import interpreted, pdl
 from tameshi.loading.awq import unpack_gemm
+
+if TYPE_CHECKING:
+    from tameshi.kernels.awq_x16 import QuantizedX
 
 
 @dataclass
@@ -752,20 +756,28 @@ def _split(n_blocks: int, per_program: int) -> int:
 
 
 def awq_matmul(
-    x: torch.Tensor, packed: KPacked, config: MatmulConfig | None = None, out_dtype: torch.dtype | None = None
+    x: torch.Tensor,
+    packed: KPacked,
+    config: MatmulConfig | None = None,
+    out_dtype: torch.dtype | None = None,
+    x_q: QuantizedX | None = None,
 ) -> torch.Tensor:
     """y = x @ dequantize(W^T) for x [M, K] in fp16/bf16; y [M, N] in `out_dtype` (x's by default;
-    float32 keeps the kernel's accumulator unrounded)."""
+    float32 keeps the kernel's accumulator unrounded). `x_q`: x already quantized for the dp2a kernel
+    (an awq_x16.QuantizedX in blocks of awq_x16.x16_unit(group), written by the kernel that wrote x):
+    one row then runs on that kernel with no quantize_x before it, for fp16 x too."""
     m, k = x.shape
     kw, n = packed.shape
     if kw != k:
         raise ValueError(f"weight is [{kw}, {n}] (K, N) but x is [{m}, {k}]")
     x = x.contiguous()
     stream = x.dtype == torch.float16 and packed.paired and stream_fits(x)
-    # one row: fp16 x the streamed kernel reads -> it; else (bf16, x off 16 bytes) the dp2a kernel
-    # after quantize_x, where it fits (awq_x16 says why not for fp16 x too)
-    use_x16 = m == 1 and not stream and x16_default(packed)
-    cfg = config or default_config(m, n, k, packed.group, stream, use_x16)
+    # one row: fp16 x the streamed kernel reads -> it, unless x comes quantized (x_q); else (bf16, x
+    # off 16 bytes) the dp2a kernel after quantize_x, where it fits (awq_x16 says why)
+    use_x16 = m == 1 and (not stream or x_q is not None) and x16_default(packed)
+    if not use_x16:
+        x_q = None
+    cfg = config or default_config(m, n, k, packed.group, stream and x_q is None, use_x16)
     if cfg.mma and not _mma_fits(x, packed):
         cfg = default_config(m, n, k, packed.group)  # the kernels that read any alignment
     min_k = 16 if cfg.block_m > 1 else 8  # the tensor-core dot's least K
@@ -779,7 +791,7 @@ def awq_matmul(
         y = torch.zeros(m, n, dtype=torch.float32, device=x.device)
     tiles = triton.cdiv(n, cfg.block_n) * triton.cdiv(m, cfg.block_m)
     ws, counts = split_k_scratch(x.device, m * n, tiles) if fixup else (y, y)
-    launch(x, packed, cfg, y, ws, counts)
+    launch(x, packed, cfg, y, ws, counts, x_q if cfg.x16 else None)
     return y.to(out_dtype)
 
 
@@ -800,14 +812,15 @@ def launch(
     y: torch.Tensor,
     ws: torch.Tensor,
     counts: torch.Tensor,
+    x_q: QuantizedX | None = None,
 ) -> None:
     """awq_matmul's kernel on buffers it was given: y [M, N] (float32 and zeroed for split K's
     atomics), and for split K in one launch the zeroed workspace (float32, [M, N] contiguous) and
-    tile counters."""
+    tile counters. `x_q`: a dp2a tile's x, quantized already (awq_matmul's)."""
     if cfg.x16:
         from tameshi.kernels.awq_x16 import launch_x16  # it imports this module
 
-        return launch_x16(x, packed, cfg, y, ws, counts)
+        return launch_x16(x, packed, cfg, y, ws, counts, x_q)
     m, k = x.shape
     n = packed.shape[1]
     with_pdl = pdl(x.device)

@@ -21,19 +21,28 @@ has nibbles 0, 2, 4, 6 as bytes (codes 0, 4, 1, 5), `(w >> 4) & 0x0f0f0f0f` nibb
 register. So a row's 8 x values are stored as x0 x4 x1 x5 x2 x6 x3 x7 (SLOT below), 16 bytes.
 
 Where it runs (awq_triton.awq_matmul): one row of bf16 x, or of fp16 x the streamed kernel cannot
-read (off 16 bytes). On an H200 at the 67B shapes (benchmarks/results/awq-x16-h200.md) its best
-tiles alone take qkv / o / gate_up / down in 13.5 / 11.2 / 47.9 / 26.3 µs (78 / 75 / 94 / 86% of
-the copy bandwidth) against the streamed kernel's 15.8 / 13.4 / 56.3 / 30.4; quantize_x before it adds
-1.3-1.5 µs, and inside a whole decode step a good deal more: DeepSeek-LLM-67B in fp16 decoded 83.1
-tokens/s with it against 84.4 on the streamed kernel, so fp16 x stays there. For bf16 x the
-alternative is the older one-row kernel (awq_triton._awq_gemv_kernel): DeepSeek-LLM-7B in bf16
-decodes 524 tokens/s on this one against 386. Tried and dropped: K split over a program's warps
-(summed in shared memory; o 12.9 against 11.1 µs), each program quantizing its own blocks of x
-(o 14.8-16.0, gate_up 151), the norm kernel before qkv and gate_up writing x quantized (one
-program a row: norm + qkv 24.8 against 16.7 µs, 67B decode 74-75 tokens/s).
+read (off 16 bytes), after quantize_x; and one row of fp16 x that arrives quantized (`x_q`) from the
+kernel that wrote it: the RMSNorm before qkv (fused.add_rms_norm_x16) and the attention merge before
+o (paged_attention.paged_decode_attention_x16, one block a head), which then need no quantize_x.
+On an H200 at the 67B shapes (benchmarks/results/awq-x16-h200.md) its best tiles alone take qkv /
+o / gate_up / down in 13.5 / 11.2 / 47.9 / 26.3 µs (78 / 75 / 94 / 86% of the copy bandwidth)
+against the streamed kernel's 15.8 / 13.4 / 56.3 / 30.4. Inside a decode step what counts is how
+much each kernel lengthens it (benchmarks/profile_decode.py): there quantize_x as a kernel of its
+own costs ~1.4 µs, and the dp2a kernel saves nothing at gate_up (49-50 µs either way) and 0.7 µs at
+down, so fp16 x stays on the streamed kernel for those; at qkv and o, with x quantized by its producer, the step's matmuls take
+10.8 and 9.9 µs against 14.5 and 12.4, and DeepSeek-LLM-67B decodes 85.7 tokens/s against 83.4
+(benchmarks/results/awq-x16-fused-h200.md). For bf16 x the alternative is the older one-row kernel
+(awq_triton._awq_gemv_kernel): DeepSeek-LLM-7B in bf16 decodes 524 tokens/s on this one against 386.
+Tried and dropped: K split over a program's warps (summed in shared memory; o 12.9 against 11.1
+µs), each program quantizing its own blocks of x (o 14.8-16.0, gate_up 151), an L2 prefetch of a
+program's later units and column slabs with no split-K sum (awq-prefetch-slab-h200.md), and the
+norm quantizing a whole row in one program (its scattered int16 stores took ~10 µs: the step went
+from 11.6 to 12.0 ms; fused.add_rms_norm_x16 splits the row over programs).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import triton
@@ -182,21 +191,37 @@ def _awq_gemv_x16_kernel(
     )
 
 
-def quantize_x(x: torch.Tensor, xb: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+class QuantizedX(NamedTuple):
+    """x [M, K] as the dp2a kernel reads it: int16 values [M, K] in SLOT order, each block's fp32 scale
+    and int32 sum [M, K / block] (quantize_x; or the kernel that wrote x, where it writes this too:
+    fused.add_rms_norm_x16, paged_attention.paged_decode_attention_x16)."""
+
+    q: torch.Tensor
+    scales: torch.Tensor
+    sums: torch.Tensor
+
+    @staticmethod
+    def empty(m: int, k: int, block: int, device: torch.device) -> QuantizedX:
+        if k % block:
+            raise ValueError(f"x's block of {block} must divide K {k}")
+        return QuantizedX(
+            torch.empty(m, k, dtype=torch.int16, device=device),
+            torch.empty(m, k // block, dtype=torch.float32, device=device),
+            torch.empty(m, k // block, dtype=torch.int32, device=device),
+        )
+
+
+def quantize_x(x: torch.Tensor, xb: int) -> QuantizedX:
     """x [M, K] (fp16/bf16) -> int16 values [M, K] in SLOT order, fp32 scales and int32 sums [M, K/xb]."""
     m, k = x.shape
-    if k % xb:
-        raise ValueError(f"x's block of {xb} must divide K {k}")
-    q = torch.empty(m, k, dtype=torch.int16, device=x.device)
-    scales = torch.empty(m, k // xb, dtype=torch.float32, device=x.device)
-    sums = torch.empty(m, k // xb, dtype=torch.int32, device=x.device)
+    q, scales, sums = out = QuantizedX.empty(m, k, xb, x.device)
     blocks = next(b for b in (8, 4, 2, 1) if (k // xb) % b == 0)
     with_pdl = pdl(x.device)
     extra = {"PDL": True, "launch_pdl": True} if with_pdl else {}
     _quantize_x_kernel[(k // xb // blocks, m)](
         x, q, scales, sums, x.stride(0), k, XB=xb, BLOCKS=blocks, num_warps=4, **extra
     )
-    return q, scales, sums
+    return out
 
 
 UNIT_BLOCKS = (128, 64, 32)  # a unit of K (one x block): the largest that divides the group
@@ -273,7 +298,7 @@ def launch_x16(
     y: torch.Tensor,
     ws: torch.Tensor,
     counts: torch.Tensor,
-    prepared: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    prepared: QuantizedX | None = None,
 ) -> None:
     """awq_triton.launch for a dp2a tile: quantize_x (or `prepared`, its output for blocks of
     cfg.block_k), then the kernel, on y, ws and counts as launch describes them."""

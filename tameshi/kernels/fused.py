@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 from tameshi.kernels import pdl
+from tameshi.kernels.awq_x16 import QuantizedX, _quantize_tile
 
 
 def pdl_launch(device: torch.device) -> dict:
@@ -39,20 +40,58 @@ def _add_rms_norm_kernel(
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     mask = cols < n
-    x = tl.load(x_ptr + row * n + cols, mask=mask, other=0.0)
+    out = _add_rms_norm(x_ptr, delta_ptr, w_ptr, sum_ptr, row * n + cols, cols, mask, n, eps, HAS_DELTA)
+    tl.store(out_ptr + row * n + cols, out, mask=mask)
+
+
+@triton.jit
+def _add_rms_norm(x_ptr, delta_ptr, w_ptr, sum_ptr, at, cols, mask, n, eps, HAS_DELTA: tl.constexpr):
+    """The normalized row (x + delta stored to sum_ptr first), at offsets `at` (weight at `cols`)."""
+    x = tl.load(x_ptr + at, mask=mask, other=0.0)
     if HAS_DELTA:
         # the residual add, rounded to the activation dtype as `x + delta` in PyTorch is
-        x = (x.to(tl.float32) + tl.load(delta_ptr + row * n + cols, mask=mask, other=0.0).to(tl.float32)).to(
-            x.dtype
-        )
-        tl.store(sum_ptr + row * n + cols, x, mask=mask)
+        x = (x.to(tl.float32) + tl.load(delta_ptr + at, mask=mask, other=0.0).to(tl.float32)).to(x.dtype)
+        tl.store(sum_ptr + at, x, mask=mask)
     h = x.to(tl.float32)
     h = h * tl.math.rsqrt(tl.sum(h * h, axis=0) / n + eps)
     w = tl.load(w_ptr + cols, mask=mask, other=0.0)
     # as transformers: normalized in fp32, cast to the dtype, then times the weight (in the dtype)
-    tl.store(
-        out_ptr + row * n + cols, (w.to(tl.float32) * h.to(x.dtype).to(tl.float32)).to(x.dtype), mask=mask
-    )
+    return (w.to(tl.float32) * h.to(x.dtype).to(tl.float32)).to(x.dtype)
+
+
+@triton.jit
+def _add_rms_norm_x16_kernel(
+    x_ptr, delta_ptr, w_ptr, sum_ptr, out_ptr, q_ptr, qs_ptr, qsum_ptr, n, eps, HAS_DELTA: tl.constexpr,
+    BLOCK: tl.constexpr, CHUNK: tl.constexpr, XB: tl.constexpr, PDL: tl.constexpr = False,
+):  # fmt: skip
+    """Program (row, part): _add_rms_norm_kernel's sum of squares over the whole row (the same loads
+    and sum, so the same bits), then the residual sum, output and output quantized in blocks of XB for
+    the dp2a AWQ kernel (awq_x16.QuantizedX) of its CHUNK values only. In one program a row the
+    scattered int16 stores of the whole row took ~10 µs on an H200; split, each part stores a slice."""
+    pdl_start(PDL)
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n
+    x = tl.load(x_ptr + row * n + cols, mask=mask, other=0.0)
+    if HAS_DELTA:
+        x = (x.to(tl.float32) + tl.load(delta_ptr + row * n + cols, mask=mask, other=0.0).to(tl.float32)).to(
+            x.dtype
+        )
+    h = x.to(tl.float32)
+    inv = tl.math.rsqrt(tl.sum(h * h, axis=0) / n + eps)
+    part = tl.program_id(1) * CHUNK + tl.arange(0, CHUNK)
+    at = row * n + part
+    mine = tl.load(x_ptr + at)
+    if HAS_DELTA:
+        mine = (mine.to(tl.float32) + tl.load(delta_ptr + at).to(tl.float32)).to(mine.dtype)
+        tl.store(sum_ptr + at, mine)
+    w = tl.load(w_ptr + part)
+    out = (w.to(tl.float32) * (mine.to(tl.float32) * inv).to(mine.dtype).to(tl.float32)).to(mine.dtype)
+    tl.store(out_ptr + at, out)
+    nb = n // XB
+    blocks = tl.program_id(1) * (CHUNK // XB) + tl.arange(0, CHUNK // XB)
+    tile = tl.reshape(out.to(tl.float32), (CHUNK // XB, XB))
+    _quantize_tile(tile, blocks, blocks < nb, q_ptr + row * n, qs_ptr + row * nb, qsum_ptr + row * nb, XB)
 
 
 def add_rms_norm(
@@ -69,6 +108,29 @@ def add_rms_norm(
         **pdl_launch(x.device),
     )  # fmt: skip
     return total, out
+
+
+def add_rms_norm_x16(
+    x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float, block: int
+) -> tuple[torch.Tensor, torch.Tensor, QuantizedX]:
+    """add_rms_norm, and its output quantized for the dp2a AWQ kernel in blocks of `block` (a power
+    of two dividing the row), by one kernel: the next linear needs no quantize_x launch."""
+    rows, n = x.shape
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    if block & (block - 1) or n % block:
+        raise ValueError(
+            f"blocks of {block} of a row of {n}: the block must be a power of two dividing the row"
+        )
+    total = torch.empty_like(x) if delta is not None else x
+    x_q = QuantizedX.empty(rows, n, block, x.device)
+    chunk = next(c for c in (1024, 512, 256, 128, 64, 32, 16, 8) if n % c == 0 and c % block == 0)
+    _add_rms_norm_x16_kernel[(rows, n // chunk)](
+        x, delta.contiguous() if delta is not None else x, weight, total, out, *x_q, n, eps,
+        HAS_DELTA=delta is not None, BLOCK=triton.next_power_of_2(n), CHUNK=chunk, XB=block,
+        num_warps=8 if n >= 4096 else 4, **pdl_launch(x.device),
+    )  # fmt: skip
+    return total, out, x_q
 
 
 @triton.jit

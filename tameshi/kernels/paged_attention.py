@@ -25,6 +25,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from tameshi.kernels.awq_x16 import QuantizedX, _quantize_tile
 from tameshi.kernels.fused import pdl_launch, pdl_start
 
 CHUNK = 64  # context tokens a program loads at once
@@ -92,6 +93,23 @@ def paged_decode_attention(
 ) -> torch.Tensor:
     """q [B, H, D]; caches [slots, KVH, D] of one layer; block_tables [B, W] int32; context_lens [B]
     int32 (each >= 1, <= W * block_size). Returns [B, H, D] in q's dtype."""
+    return _paged_decode(q, k_cache, v_cache, block_tables, context_lens, block_size, False)[0]
+
+
+def paged_decode_attention_x16(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    block_size: int,
+) -> tuple[torch.Tensor, QuantizedX]:
+    """paged_decode_attention, and its output [B, H·D] quantized for the dp2a AWQ kernel in blocks
+    of one head (awq_x16.QuantizedX), by the merge kernel: the o projection needs no quantize_x."""
+    return _paged_decode(q, k_cache, v_cache, block_tables, context_lens, block_size, True)
+
+
+def _paged_decode(q, k_cache, v_cache, block_tables, context_lens, block_size: int, x16: bool):
     b, n_heads, head_dim = q.shape
     n_kv_heads = k_cache.shape[1]
     acc = torch.empty(b, n_heads, SPLITS, head_dim, device=q.device, dtype=torch.float32)
@@ -107,19 +125,22 @@ def paged_decode_attention(
         GROUP_PAD=max(16, triton.next_power_of_2(group)), CHUNK=CHUNK, SPLITS=SPLITS, **pdl_launch(q.device),
     )  # fmt: skip
     out = torch.empty(b, n_heads, head_dim, device=q.device, dtype=q.dtype)
+    x_q = QuantizedX.empty(b, n_heads * head_dim, head_dim, q.device) if x16 else (out, out, out)
     _merge_kernel[(b, n_heads)](
-        acc, row_max, row_sum, context_lens, out, HEAD_DIM=head_dim, CHUNK=CHUNK, SPLITS=SPLITS,
-        **pdl_launch(q.device),
+        acc, row_max, row_sum, context_lens, out, *x_q, HEAD_DIM=head_dim, CHUNK=CHUNK, SPLITS=SPLITS,
+        X16=x16, **pdl_launch(q.device),
     )  # fmt: skip
-    return out
+    return out, x_q if x16 else None
 
 
 @triton.jit
 def _merge_kernel(
-    acc_ptr, max_ptr, sum_ptr, lens_ptr, out_ptr, HEAD_DIM: tl.constexpr, CHUNK: tl.constexpr,
-    SPLITS: tl.constexpr, PDL: tl.constexpr = False,
+    acc_ptr, max_ptr, sum_ptr, lens_ptr, out_ptr, q_ptr, qs_ptr, qsum_ptr, HEAD_DIM: tl.constexpr,
+    CHUNK: tl.constexpr, SPLITS: tl.constexpr, X16: tl.constexpr = False, PDL: tl.constexpr = False,
 ):  # fmt: skip
-    """Merge one head's splits, weights exp(m_i - max m); the splits that had no chunk wrote nothing."""
+    """Merge one head's splits, weights exp(m_i - max m); the splits that had no chunk wrote nothing.
+    X16: also the head's output (as rounded to out's dtype) quantized as one block of the dp2a AWQ
+    kernel's x (awq_x16.QuantizedX, the values quantize_x would write)."""
     pdl_start(PDL)
     seq = tl.program_id(0)
     row = seq * tl.num_programs(1) + tl.program_id(1)  # (seq, head)
@@ -132,8 +153,15 @@ def _merge_kernel(
         acc_ptr + (row * SPLITS + splits)[:, None] * HEAD_DIM + dims[None, :], mask=ok[:, None], other=0.0
     )
     w = tl.exp(m - tl.max(m, axis=0))
-    out = tl.sum(acc * w[:, None], axis=0) / tl.sum(s * w, axis=0)
-    tl.store(out_ptr + row * HEAD_DIM + dims, out.to(out_ptr.dtype.element_ty))
+    out = (tl.sum(acc * w[:, None], axis=0) / tl.sum(s * w, axis=0)).to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + row * HEAD_DIM + dims, out)
+    if X16:
+        head = tl.full((1,), 0, tl.int32) + tl.program_id(1)
+        heads = tl.num_programs(1)
+        _quantize_tile(
+            out.to(tl.float32)[None, :], head, head >= 0, q_ptr + seq * heads * HEAD_DIM, qs_ptr + seq * heads,
+            qsum_ptr + seq * heads, HEAD_DIM,
+        )  # fmt: skip
 
 
 def paged_decode_reference(

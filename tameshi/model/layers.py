@@ -18,12 +18,20 @@ from tameshi.model.config import ModelConfig, RopeConfig
 from tameshi.model.linear import make_linear
 
 if TYPE_CHECKING:
+    from tameshi.kernels.awq_x16 import QuantizedX
     from tameshi.parallel.group import TensorParallel
 
 
 class AttentionBackend(Protocol):
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Store k, v [T, n_kv_heads, head_dim] for `layer`; return attention of q [T, n_heads, head_dim]."""
+        ...
+
+    def attend_x16(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, QuantizedX | None]:
+        """attend, and its output [T, n_heads · head_dim] quantized for the dp2a AWQ kernel in blocks of
+        one head (awq_x16.QuantizedX) where this backend's kernel writes that too; else None."""
         ...
 
 
@@ -52,6 +60,16 @@ class RMSNorm(nn.Module):
         if delta is not None:
             x = x + delta
         return x, self(x)
+
+    def add_norm_x16(
+        self, x: torch.Tensor, delta: torch.Tensor | None, block: int | None
+    ) -> tuple[torch.Tensor, torch.Tensor, QuantizedX | None]:
+        """add_norm, and with `block` (the next linear's x16_block) the output quantized for that
+        linear by the same kernel, where the fused kernels run; else None in third place."""
+        fused = _fused_kernels(x)
+        if block is not None and fused is not None and x.dim() == 2:
+            return fused.add_rms_norm_x16(x, delta, self.weight, self.eps, block)
+        return (*self.add_norm(x, delta), None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32:
@@ -161,9 +179,15 @@ class Attention(nn.Module):
             self.o_proj.out_dtype = torch.float32  # partial sums added unrounded (linear.py)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backend: AttentionBackend
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        backend: AttentionBackend,
+        x_q: QuantizedX | None = None,
     ) -> torch.Tensor:
-        qkv = self.qkv_proj(x)
+        """`x_q`: x quantized as qkv_proj.x16_block asked, by the norm before (or None)."""
+        qkv = self.qkv_proj(x, x_q)
         t = x.shape[0]
         # q and k heads side by side: one rotation for both
         qk = qkv[:, : self.q_size + self.kv_size].view(t, -1, self.head_dim)
@@ -171,7 +195,11 @@ class Attention(nn.Module):
         qk = fused.rope_(qk, cos, sin) if fused is not None else apply_rope(qk, cos, sin)
         q, k = qk.split([self.n_heads, self.n_kv_heads], dim=1)
         v = qkv[:, self.q_size + self.kv_size :].view(t, self.n_kv_heads, self.head_dim)
-        out = self.o_proj(backend.attend(self.layer, q, k, v).reshape(t, self.q_size))
+        if self.o_proj.x16_block(x) == self.head_dim:  # the merge kernel quantizes by head
+            attn, attn_q = backend.attend_x16(self.layer, q, k, v)
+        else:
+            attn, attn_q = backend.attend(self.layer, q, k, v), None
+        out = self.o_proj(attn.reshape(t, self.q_size), attn_q)
         return out if self.tp is None else self.tp.all_reduce(out).to(x.dtype)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,9 @@ from torch import nn
 from tameshi.errors import CorruptCheckpointError, UnsupportedModelError, first_line
 from tameshi.kernels.cpu_weight_only import INT4_GROUP, Int4Weight, Int8Weight
 from tameshi.loading.awq import AWQConfig, dequantize_gemm
+
+if TYPE_CHECKING:
+    from tameshi.kernels.awq_x16 import QuantizedX
 
 log = logging.getLogger("tameshi")
 
@@ -67,6 +71,12 @@ class _ShardedLinear(nn.Module):
         self.packed = quantize_weight(self.dense_weight(), method)
         self._drop_weight()
 
+    def x16_block(self, x: torch.Tensor) -> int | None:
+        """The block size in which this layer would take `x` quantized for the dp2a AWQ kernel
+        (awq_x16.QuantizedX, written by the kernel that writes x: forward's `x_q`), or None where it
+        would not use it. Only AWQLinear does, for one row on CUDA."""
+        return None
+
 
 class Linear(_ShardedLinear):
     def __init__(
@@ -84,7 +94,8 @@ class Linear(_ShardedLinear):
     def tensor_kinds(self) -> list[str]:
         return ["weight"] + (["bias"] if self.bias is not None else [])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, x_q: QuantizedX | None = None) -> torch.Tensor:
+        """y = x W^T (+ bias); `x_q` (x16_block) is never asked for here, and ignored."""
         if self.packed is not None:
             return self._apply_packed(x, self.bias)
         if self.out_dtype in (None, x.dtype) and not self.batch_invariant:
@@ -182,11 +193,12 @@ class AWQLinear(_ShardedLinear):
         for name in ("qweight", "qzeros", "scales"):
             setattr(self, name, None)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, x_q: QuantizedX | None = None) -> torch.Tensor:
+        """y = x W^T (+ bias). `x_q`: x quantized for the dp2a kernel as x16_block asked (one row on CUDA)."""
         if self.packed is not None:
             return self._apply_packed(x, self.bias)
         if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
-            return self._forward_triton(x)
+            return self._forward_triton(x, x_q)
         w_t = self.dense_weight().t().to(x.dtype)
         dtype = self.out_dtype or x.dtype
         if self.batch_invariant:
@@ -207,7 +219,26 @@ class AWQLinear(_ShardedLinear):
             )
             self._drop_weight()
 
-    def _forward_triton(self, x: torch.Tensor) -> torch.Tensor:
+    def x16_block(self, x: torch.Tensor) -> int | None:
+        # One row on CUDA, in half precision, where awq_matmul may run the dp2a kernel (x16_default),
+        # not batch-invariant (one row must then run as every row count does).
+        if (
+            self.packed is not None
+            or self.batch_invariant
+            or not x.is_cuda
+            or x.dtype not in (torch.float16, torch.bfloat16)
+            or x.reshape(-1, x.shape[-1]).shape[0] != 1
+        ):
+            return None
+        from tameshi.kernels import awq_triton, awq_x16
+
+        self.repack_for_kernels()
+        if not awq_triton.x16_default(self.kernel_weight):
+            return None
+        block = awq_x16.x16_unit(self.group_size)
+        return block if self.in_features % block == 0 else None
+
+    def _forward_triton(self, x: torch.Tensor, x_q: QuantizedX | None = None) -> torch.Tensor:
         from tameshi.kernels import awq_triton
 
         self.repack_for_kernels()
@@ -218,7 +249,7 @@ class AWQLinear(_ShardedLinear):
             config = awq_triton.invariant_config(x2.shape[0], n, k, self.kernel_weight.group, x.dtype)
             y = awq_triton.awq_matmul(x2, self.kernel_weight, config, out_dtype=out_dtype)
         elif x2.shape[0] <= FUSED_MAX_ROWS:
-            y = awq_triton.awq_matmul(x2, self.kernel_weight, out_dtype=out_dtype)
+            y = awq_triton.awq_matmul(x2, self.kernel_weight, out_dtype=out_dtype, x_q=x_q)
         else:  # prefill: a dense matrix on cuBLAS beats the fused kernel there (benchmarks/awq_kernels.py)
             y = matmul_to(x2, awq_triton.awq_dequantize(self.kernel_weight, x.dtype), out_dtype)
         if self.bias is not None:

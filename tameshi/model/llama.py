@@ -44,8 +44,9 @@ class DecoderLayer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The residual stream entering is x + delta; returns (x', delta') for the next layer, so
         that each residual add is fused with the norm that follows it."""
-        x, h = self.input_layernorm.add_norm(x, delta)
-        x, h = self.post_attention_layernorm.add_norm(x, self.self_attn(h, cos, sin, backend))
+        block = self.self_attn.qkv_proj.x16_block(x)
+        x, h, h_q = self.input_layernorm.add_norm_x16(x, delta, block)
+        x, h = self.post_attention_layernorm.add_norm(x, self.self_attn(h, cos, sin, backend, h_q))
         return x, self.mlp(h)
 
 
