@@ -774,10 +774,10 @@ def awq_matmul(
     stream = x.dtype == torch.float16 and packed.paired and stream_fits(x)
     # one row: fp16 x the streamed kernel reads -> it, unless x comes quantized (x_q); else (bf16, x
     # off 16 bytes) the dp2a kernel after quantize_x, where it fits (awq_x16 says why)
-    use_x16 = m == 1 and (not stream or x_q is not None) and x16_default(packed)
-    if not use_x16:
+    if m != 1 or not x16_default(packed):
         x_q = None
-    cfg = config or default_config(m, n, k, packed.group, stream and x_q is None, use_x16)
+    use_x16 = m == 1 and (x_q is not None or not stream) and x16_default(packed)
+    cfg = config or default_config(m, n, k, packed.group, stream, use_x16)
     if cfg.mma and not _mma_fits(x, packed):
         cfg = default_config(m, n, k, packed.group)  # the kernels that read any alignment
     min_k = 16 if cfg.block_m > 1 else 8  # the tensor-core dot's least K
@@ -791,7 +791,7 @@ def awq_matmul(
         y = torch.zeros(m, n, dtype=torch.float32, device=x.device)
     tiles = triton.cdiv(n, cfg.block_n) * triton.cdiv(m, cfg.block_m)
     ws, counts = split_k_scratch(x.device, m * n, tiles) if fixup else (y, y)
-    launch(x, packed, cfg, y, ws, counts, x_q if cfg.x16 else None)
+    launch(x, packed, cfg, y, ws, counts, x_q)
     return y.to(out_dtype)
 
 

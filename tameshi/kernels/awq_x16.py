@@ -29,8 +29,9 @@ o / gate_up / down in 13.5 / 11.2 / 47.9 / 26.3 µs (78 / 75 / 94 / 86% of the c
 against the streamed kernel's 15.8 / 13.4 / 56.3 / 30.4. Inside a decode step what counts is how
 much each kernel lengthens it (benchmarks/profile_decode.py): there quantize_x as a kernel of its
 own costs ~1.4 µs, and the dp2a kernel saves nothing at gate_up (49-50 µs either way) and 0.7 µs at
-down, so fp16 x stays on the streamed kernel for those; at qkv and o, with x quantized by its producer, the step's matmuls take
-10.8 and 9.9 µs against 14.5 and 12.4, and DeepSeek-LLM-67B decodes 85.7 tokens/s against 83.4
+down, so fp16 x stays on the streamed kernel for those; at qkv and o, with x quantized by its
+producer, the step's matmuls take 10.8 and 9.9 µs against 14.5 and 12.4, and DeepSeek-LLM-67B
+decodes 85.7 tokens/s against 83.4
 (benchmarks/results/awq-x16-fused-h200.md). For bf16 x the alternative is the older one-row kernel
 (awq_triton._awq_gemv_kernel): DeepSeek-LLM-7B in bf16 decodes 524 tokens/s on this one against 386.
 Tried and dropped: K split over a program's warps (summed in shared memory; o 12.9 against 11.1

@@ -32,6 +32,12 @@ def pdl_start(PDL: tl.constexpr):
 
 
 @triton.jit
+def _rounded_sum(x, delta):
+    """The residual add, rounded to the activation dtype as `x + delta` in PyTorch is."""
+    return (x.to(tl.float32) + delta.to(tl.float32)).to(x.dtype)
+
+
+@triton.jit
 def _add_rms_norm_kernel(
     x_ptr, delta_ptr, w_ptr, sum_ptr, out_ptr, n, eps, HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr,
     PDL: tl.constexpr = False,
@@ -40,23 +46,17 @@ def _add_rms_norm_kernel(
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     mask = cols < n
-    out = _add_rms_norm(x_ptr, delta_ptr, w_ptr, sum_ptr, row * n + cols, cols, mask, n, eps, HAS_DELTA)
-    tl.store(out_ptr + row * n + cols, out, mask=mask)
-
-
-@triton.jit
-def _add_rms_norm(x_ptr, delta_ptr, w_ptr, sum_ptr, at, cols, mask, n, eps, HAS_DELTA: tl.constexpr):
-    """The normalized row (x + delta stored to sum_ptr first), at offsets `at` (weight at `cols`)."""
-    x = tl.load(x_ptr + at, mask=mask, other=0.0)
+    x = tl.load(x_ptr + row * n + cols, mask=mask, other=0.0)
     if HAS_DELTA:
-        # the residual add, rounded to the activation dtype as `x + delta` in PyTorch is
-        x = (x.to(tl.float32) + tl.load(delta_ptr + at, mask=mask, other=0.0).to(tl.float32)).to(x.dtype)
-        tl.store(sum_ptr + at, x, mask=mask)
+        x = _rounded_sum(x, tl.load(delta_ptr + row * n + cols, mask=mask, other=0.0))
+        tl.store(sum_ptr + row * n + cols, x, mask=mask)
     h = x.to(tl.float32)
     h = h * tl.math.rsqrt(tl.sum(h * h, axis=0) / n + eps)
     w = tl.load(w_ptr + cols, mask=mask, other=0.0)
     # as transformers: normalized in fp32, cast to the dtype, then times the weight (in the dtype)
-    return (w.to(tl.float32) * h.to(x.dtype).to(tl.float32)).to(x.dtype)
+    tl.store(
+        out_ptr + row * n + cols, (w.to(tl.float32) * h.to(x.dtype).to(tl.float32)).to(x.dtype), mask=mask
+    )
 
 
 @triton.jit
@@ -74,16 +74,14 @@ def _add_rms_norm_x16_kernel(
     mask = cols < n
     x = tl.load(x_ptr + row * n + cols, mask=mask, other=0.0)
     if HAS_DELTA:
-        x = (x.to(tl.float32) + tl.load(delta_ptr + row * n + cols, mask=mask, other=0.0).to(tl.float32)).to(
-            x.dtype
-        )
+        x = _rounded_sum(x, tl.load(delta_ptr + row * n + cols, mask=mask, other=0.0))
     h = x.to(tl.float32)
     inv = tl.math.rsqrt(tl.sum(h * h, axis=0) / n + eps)
     part = tl.program_id(1) * CHUNK + tl.arange(0, CHUNK)
     at = row * n + part
     mine = tl.load(x_ptr + at)
     if HAS_DELTA:
-        mine = (mine.to(tl.float32) + tl.load(delta_ptr + at).to(tl.float32)).to(mine.dtype)
+        mine = _rounded_sum(mine, tl.load(delta_ptr + at))
         tl.store(sum_ptr + at, mine)
     w = tl.load(w_ptr + part)
     out = (w.to(tl.float32) * (mine.to(tl.float32) * inv).to(mine.dtype).to(tl.float32)).to(mine.dtype)

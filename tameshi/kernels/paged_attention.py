@@ -93,7 +93,7 @@ def paged_decode_attention(
 ) -> torch.Tensor:
     """q [B, H, D]; caches [slots, KVH, D] of one layer; block_tables [B, W] int32; context_lens [B]
     int32 (each >= 1, <= W * block_size). Returns [B, H, D] in q's dtype."""
-    return _paged_decode(q, k_cache, v_cache, block_tables, context_lens, block_size, False)[0]
+    return paged_decode_attention_x16(q, k_cache, v_cache, block_tables, context_lens, block_size, False)[0]
 
 
 def paged_decode_attention_x16(
@@ -103,13 +103,11 @@ def paged_decode_attention_x16(
     block_tables: torch.Tensor,
     context_lens: torch.Tensor,
     block_size: int,
-) -> tuple[torch.Tensor, QuantizedX]:
+    quantize: bool = True,
+) -> tuple[torch.Tensor, QuantizedX | None]:
     """paged_decode_attention, and its output [B, H·D] quantized for the dp2a AWQ kernel in blocks
-    of one head (awq_x16.QuantizedX), by the merge kernel: the o projection needs no quantize_x."""
-    return _paged_decode(q, k_cache, v_cache, block_tables, context_lens, block_size, True)
-
-
-def _paged_decode(q, k_cache, v_cache, block_tables, context_lens, block_size: int, x16: bool):
+    of one head (awq_x16.QuantizedX), by the merge kernel: the o projection needs no quantize_x.
+    `quantize` False: the output alone (None in second place)."""
     b, n_heads, head_dim = q.shape
     n_kv_heads = k_cache.shape[1]
     acc = torch.empty(b, n_heads, SPLITS, head_dim, device=q.device, dtype=torch.float32)
@@ -125,12 +123,12 @@ def _paged_decode(q, k_cache, v_cache, block_tables, context_lens, block_size: i
         GROUP_PAD=max(16, triton.next_power_of_2(group)), CHUNK=CHUNK, SPLITS=SPLITS, **pdl_launch(q.device),
     )  # fmt: skip
     out = torch.empty(b, n_heads, head_dim, device=q.device, dtype=q.dtype)
-    x_q = QuantizedX.empty(b, n_heads * head_dim, head_dim, q.device) if x16 else (out, out, out)
+    x_q = QuantizedX.empty(b, n_heads * head_dim, head_dim, q.device) if quantize else None
     _merge_kernel[(b, n_heads)](
-        acc, row_max, row_sum, context_lens, out, *x_q, HEAD_DIM=head_dim, CHUNK=CHUNK, SPLITS=SPLITS,
-        X16=x16, **pdl_launch(q.device),
+        acc, row_max, row_sum, context_lens, out, *(x_q if x_q is not None else (out, out, out)), HEAD_DIM=head_dim, CHUNK=CHUNK,
+        SPLITS=SPLITS, X16=quantize, **pdl_launch(q.device),
     )  # fmt: skip
-    return out, x_q if x16 else None
+    return out, x_q
 
 
 @triton.jit
