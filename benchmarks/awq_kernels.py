@@ -18,6 +18,13 @@ Times are per call inside a CUDA graph, the way decode runs (launch overhead is 
 with calls rotating over copies of the weight so none is served from L2. Effective bandwidth counts
 the bytes tameshi's kernels read for the weight (packed codes, fp16 zeros and scales); it is compared
 with a device-to-device copy measured in the same run.
+
+A second table takes one row as the decode step runs it (`decode_rows`): qkv and o on x that arrives
+quantized for the dp2a kernel (AWQLinear.forward's `x_q`, written in the step by the norm and the
+attention merge), gate_up and down on fp16 x. It gives each kernel alone in a graph of its own calls,
+and what it adds to a graph where each call follows the kernel that writes its x (the RMSNorm,
+quantizing for qkv and o, where a norm stands in for the attention merge; SwiGLU for down): the
+chain's time per pair less the producer's alone, as benchmarks/profile_decode.py counts a step.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import torch
 import triton
 import triton.testing
 
+from tameshi.kernels import fused
 from tameshi.kernels.awq_triton import (
     MatmulConfig,
     awq_dequantize,
@@ -310,6 +318,38 @@ def invariant_prefill_sweep(name: str, k: int, n: int) -> list[str]:
     return rows
 
 
+def decode_rows(name: str, k: int, n: int, copy_gbs: float) -> list[str]:
+    """One row as the decode step runs each linear (the module docstring): alone, and after its
+    producer. The x16 rows need fp16 x that the dp2a kernel takes (AWQLinear.x16_block)."""
+    layers = [make_layer(k, n, *random_awq(k, n)) for _ in range(weight_copies(k, n))]
+    packed = layers[0].kernel_weight
+    weight_bytes = sum(t.numel() * t.element_size() for t in (packed.qweight, packed.zeros, packed.scales))
+    h, delta = torch.randn(2, 1, k, device="cuda", dtype=torch.float16)
+    norm_weight = torch.rand(k, device="cuda", dtype=torch.float16) + 0.5
+    block = layers[0].x16_block(h) if name.startswith(("qkv", "o ")) else None
+    if block is not None:
+        what = f"dp2a on x quantized by its producer (blocks of {block})"
+        producer = lambda: fused.add_rms_norm_x16(h, delta, norm_weight, 1e-6, block)[1:]  # noqa: E731
+    elif name.startswith("down"):
+        what = "streamed fp16, after SwiGLU"
+        gate_up = torch.randn(1, 2 * k, device="cuda", dtype=torch.float16)
+        producer = lambda: (fused.silu_mul(gate_up), None)  # noqa: E731
+    else:
+        what = "streamed fp16, after the RMSNorm"
+        producer = lambda: (fused.add_rms_norm(h, delta, norm_weight, 1e-6)[1], None)  # noqa: E731
+    x, x_q = producer()
+    alone = graph_ms([lambda layer=layer: layer(x, x_q) for layer in layers])
+    chained = graph_ms([lambda layer=layer: layer(*producer()) for layer in layers])
+    added = chained - graph_ms([producer for _ in layers])
+
+    def cell(ms: float) -> str:
+        return f"{ms * 1000:.1f} ({100 * weight_bytes / ms / 1e6 / copy_gbs:.0f}%)"
+
+    row = f"| {name} | {what} | {cell(alone)} | {cell(added)} | {chained * 1000:.1f} |"
+    print(row, flush=True)
+    return [row]
+
+
 def over_shapes(table) -> list[str]:
     """table(name, k, n) for each 67B shape, the GPU's cache emptied after each."""
     lines = []
@@ -377,6 +417,16 @@ def main() -> None:
             torch.cuda.empty_cache()
     else:
         lines += over_shapes(lambda name, k, n: bench_shape(name, k, n, copy_gbs, autoawq, args.rows))
+        lines += [
+            "",
+            "One row as the decode step runs it: µs per call (% of the copy bandwidth), the kernel alone in a "
+            "graph of its own calls, and what it adds to a graph where each call follows the kernel that "
+            "writes its x (the pair's time less the producer's alone).",
+            "",
+            "| shape | what decode runs | alone | added after its producer | producer + it |",
+            "|---|---|---:|---:|---:|",
+        ]
+        lines += over_shapes(lambda name, k, n: decode_rows(name, k, n, copy_gbs))
     emit(lines, args.out)
 
 
