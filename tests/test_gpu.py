@@ -586,3 +586,42 @@ def test_awq_graph_decode_takes_x_quantized_by_the_norm_and_attention(tmp_path, 
     print(f"{steps} graph steps, worst relative logit error {worst:.2e}, calls {dict(calls)}")
     assert steps >= 19 and worst < 1e-2
     assert calls["add_rms_norm_x16"] and calls["paged_decode_attention_x16"] and not calls["quantize_x"]
+
+
+def test_rope_and_kv_store_in_one_kernel_change_no_bit(tiny_fp16, monkeypatch):
+    """The backends' store_rope (fused.rope_store_kv_: q and k rotated, k and v stored, one kernel) in
+    the paged engine, prefill eager and decode from CUDA graphs: the tokens and logprobs, float for
+    float, of rope_ then store_kv (store_rope turned off), for a batch with chunked prefill."""
+    from tameshi.engine import cuda_graphs, paged_cache
+    from tameshi.engine.engine import Engine, EngineConfig
+    from tameshi.kernels import fused
+
+    llm = LLM(str(tiny_fp16), device="cuda", dtype="float16", progress=False)
+    gen = torch.Generator().manual_seed(7)
+    prompts = [torch.randint(3, 500, (n,), generator=gen).tolist() for n in (5, 70, 130, 17)]
+    params = SamplingParams(max_new_tokens=40, min_new_tokens=40, do_sample=False, logprobs=0).resolve({})
+    calls = []
+    fused_kernel = fused.rope_store_kv_
+
+    def counted(*args):
+        calls.append(args[0].shape[0])
+        return fused_kernel(*args)
+
+    def run():
+        config = EngineConfig(cuda_graphs=True, max_num_batched_tokens=64, max_num_seqs=8)
+        engine = Engine(llm.loaded.model, llm.tokenizer, llm.loaded.generation_config, config)
+        got = {i: [] for i in range(len(prompts))}
+        for i, out in engine.generate_batch([(p, params) for p in prompts]):
+            got[i] += [(t, lp.logprob) for t, lp in zip(out.token_ids, out.logprobs, strict=True)]
+        assert engine.runner.graphs is not None and engine.runner.graphs.graphs
+        return got
+
+    monkeypatch.setattr(cuda_graphs, "rope_store_kv_", counted)
+    monkeypatch.setattr(fused, "rope_store_kv_", counted)
+    one_kernel = run()
+    assert calls and max(calls) > 1  # prefill chunks (eager) and decode steps (captured) took it
+    with monkeypatch.context() as m:
+        m.setattr(paged_cache.PagedKVCache, "store_rope", lambda *args: False)
+        m.setattr(cuda_graphs._StaticDecodeBackend, "store_rope", lambda *args: False)
+        two_kernels = run()
+    assert one_kernel == two_kernels
