@@ -212,10 +212,6 @@ def decode_kernel_jobs() -> list[Job]:
         )
     sig = {"qk_ptr": f16, "cos_ptr": f16, "sin_ptr": f16, "row_stride": "i32"}
     jobs.append((fused._rope_kernel, sig, {"HEAD_DIM": 128, "HALF": 64}, 4))
-    sig = {"qk_ptr": f16, "v_ptr": f16, "cos_ptr": f16, "sin_ptr": f16, "slots_ptr": "*i64"}
-    sig |= {"k_cache_ptr": f16, "v_cache_ptr": f16, "qk_stride": "i32", "v_stride": "i32"}
-    consts = {"N_HEADS": 64, "N_KV_HEADS": 8, "HEAD_DIM": 128, "HALF": 64}
-    jobs.append((fused._rope_store_kv_kernel, sig, consts, 4))
     jobs.append((fused._silu_mul_kernel, {"gu_ptr": f16, "out_ptr": f16, "n": "i32"}, {"BLOCK": 1024}, 4))
     sig = {"k_ptr": f16, "v_ptr": f16, "slots_ptr": "*i64", "k_cache_ptr": f16, "v_cache_ptr": f16}
     sig |= {"k_stride": "i32", "v_stride": "i32"}

@@ -76,41 +76,6 @@ def test_store_kv_writes_the_slots_of_k_and_v(kv_heads, head_dim):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(("heads", "kv_heads"), [(4, 2), (3, 3)])
-def test_rope_store_kv_is_rope_then_store_kv(dtype, heads, kv_heads):
-    """One kernel for both: q and k rotated in place and k, v in their cache slots, the same bits as
-    rope_ then store_kv (and as apply_rope, up to the FMA the GPU may keep: see the rope test)."""
-    t, dim, n_slots = 5, 32, 40
-    qkv = randn(t, (heads + 2 * kv_heads) * dim, dtype=dtype, scale=3)
-    angles = torch.rand(t, dim // 2, generator=torch.Generator().manual_seed(2)) * 50
-    emb = torch.cat((angles, angles), dim=-1)
-    cos, sin = emb.cos().to(DEVICE, dtype), emb.sin().to(DEVICE, dtype)
-    slots = torch.tensor([7, 0, 39, 12, 13], device=DEVICE)
-
-    def views(qkv):
-        qk = qkv[:, : (heads + kv_heads) * dim].view(t, heads + kv_heads, dim)
-        v = qkv[:, (heads + kv_heads) * dim :].view(t, kv_heads, dim)
-        return qk, v
-
-    caches = [torch.full((n_slots, kv_heads, dim), -1.0, dtype=dtype, device=DEVICE) for _ in range(4)]
-    qkv_a, qkv_b = qkv.clone(), qkv.clone()
-    qk, v = views(qkv_a)
-    fused.rope_(qk, cos, sin)
-    fused.store_kv(qk[:, heads:], v, caches[0], caches[1], slots)
-    qk, v = views(qkv_b)
-    got = fused.rope_store_kv_(qk, v, cos, sin, caches[2], caches[3], slots)
-    assert got.data_ptr() == qkv_b.data_ptr()  # in place
-    assert torch.equal(qkv_b, qkv_a)  # q and k rotated, v untouched
-    assert torch.equal(caches[2], caches[0]) and torch.equal(caches[3], caches[1])
-    assert (caches[2] == -1).sum() == (n_slots - t) * kv_heads * dim  # no other slot written
-    want = apply_rope(views(qkv)[0].clone(), cos, sin)
-    ulp = torch.finfo(dtype).eps * want.abs().max().item() if DEVICE == "cuda" else 0.0
-    torch.testing.assert_close(views(qkv_b)[0], want, atol=ulp, rtol=0)
-    with pytest.raises(ValueError, match="do not fit"):
-        fused.rope_store_kv_(qk, v[:, :1], cos, sin, caches[2], caches[3], slots)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("n", "block"), [(512, 128), (768, 64), (256, 256)])  # 768: a partial tile
 def test_add_rms_norm_x16_also_writes_its_output_as_quantize_x_would(dtype, n, block):
     """The same sum and output as add_rms_norm, and the output quantized for the dp2a AWQ kernel bit

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from tameshi.engine.paged_cache import PagedKVCache
-from tameshi.kernels.fused import rope_store_kv_, store_kv
+from tameshi.kernels.fused import store_kv
 from tameshi.kernels.paged_attention import paged_decode_attention, paged_decode_attention_x16
 from tameshi.model.llama import LlamaForCausalLM
 
@@ -43,30 +43,19 @@ class _StaticDecodeBackend:
         self.cache, self.batch = cache, batch
         self.slots, self.tables, self.lens = slots[:batch], tables[:batch], lens[:batch]
 
-    def store_rope(
-        self, layer: int, qk: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-    ) -> bool:
-        rope_store_kv_(qk, v, cos, sin, self.cache.k[layer], self.cache.v[layer], self.slots)
-        return True
-
-    def attend(
-        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, stored: bool = False
-    ) -> torch.Tensor:
-        k_cache, v_cache = self._store(layer, k, v, stored)
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        k_cache, v_cache = self._store(layer, k, v)
         return paged_decode_attention(q, k_cache, v_cache, self.tables, self.lens, self.cache.block_size)
 
     def attend_x16(
-        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, stored: bool = False
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, QuantizedX | None]:
-        k_cache, v_cache = self._store(layer, k, v, stored)
+        k_cache, v_cache = self._store(layer, k, v)
         return paged_decode_attention_x16(q, k_cache, v_cache, self.tables, self.lens, self.cache.block_size)
 
-    def _store(
-        self, layer: int, k: torch.Tensor, v: torch.Tensor, stored: bool
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k_cache, v_cache = self.cache.k[layer], self.cache.v[layer]
-        if not stored:
-            store_kv(k, v, k_cache, v_cache, self.slots)
+        store_kv(k, v, k_cache, v_cache, self.slots)
         return k_cache, v_cache
 
 

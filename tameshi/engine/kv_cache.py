@@ -42,21 +42,12 @@ class ContiguousKVCache:
     def end_step(self) -> None:
         self.length += self._n_new
 
-    def store_rope(
-        self, layer: int, qk: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-    ) -> bool:
-        return False  # attend stores, in PyTorch
-
     def attend_x16(
-        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, stored: bool = False
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, QuantizedX | None]:
-        return self.attend(layer, q, k, v, stored), None  # no kernel here writes the quantized form
+        return self.attend(layer, q, k, v), None  # no kernel here writes the quantized form
 
-    def attend(
-        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, stored: bool = False
-    ) -> torch.Tensor:
-        if stored:
-            raise ValueError("ContiguousKVCache stores k and v itself (its store_rope does nothing)")
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         start, end = self._start, self._start + self._n_new
         self.k[layer, :, start:end] = k.transpose(0, 1)
         self.v[layer, :, start:end] = v.transpose(0, 1)

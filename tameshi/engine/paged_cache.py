@@ -99,35 +99,19 @@ class PagedKVCache:
         mask = torch.arange(width * self.block_size)[None, :] < lens[:, None]
         return _Decode(q_index, blocks.to(self.device), mask[:, None, None, :].to(self.device), None)
 
-    def store_rope(
-        self, layer: int, qk: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-    ) -> bool:
-        if not qk.is_cuda:
-            return False
-        from tameshi.kernels.fused import rope_store_kv_
-
-        rope_store_kv_(qk, v, cos, sin, self.k[layer], self.v[layer], self._slot_mapping)
-        return True
-
     def attend_x16(
-        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, stored: bool = False
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, QuantizedX | None]:
         d = self._decode
         if d is None or d.lens is None or d.q_index is not None or self._prefills:
-            # no kernel of this step writes the quantized form
-            return self.attend(layer, q, k, v, stored), None
+            return self.attend(layer, q, k, v), None  # no kernel of this step writes the quantized form
         from tameshi.kernels.paged_attention import paged_decode_attention_x16
 
-        # decodes alone, on the kernel: as a graph replays it
-        k_cache, v_cache = self._store(layer, k, v, stored)
+        k_cache, v_cache = self._store(layer, k, v)  # decodes alone, on the kernel: as a graph replays it
         return paged_decode_attention_x16(q, k_cache, v_cache, d.blocks, d.lens, self.block_size)
 
-    def _store(
-        self, layer: int, k: torch.Tensor, v: torch.Tensor, stored: bool
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k_cache, v_cache = self.k[layer], self.v[layer]
-        if stored:  # by store_rope
-            return k_cache, v_cache
         if k.is_cuda:  # one kernel for both
             from tameshi.kernels.fused import store_kv
 
@@ -137,10 +121,8 @@ class PagedKVCache:
             v_cache.index_copy_(0, self._slot_mapping, v)
         return k_cache, v_cache
 
-    def attend(
-        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, stored: bool = False
-    ) -> torch.Tensor:
-        k_cache, v_cache = self._store(layer, k, v, stored)
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        k_cache, v_cache = self._store(layer, k, v)
         out = torch.empty_like(q)
         gqa = q.shape[1] != k.shape[1]
         for p in self._prefills:

@@ -132,9 +132,14 @@ def add_rms_norm_x16(
 
 
 @triton.jit
-def _rotated(base, cos_ptr, sin_ptr, token, HEAD_DIM: tl.constexpr, HALF: tl.constexpr):
-    """The head at `base` (HEAD_DIM values) times cos, plus rotate_half of it times sin: both halves."""
+def _rope_kernel(
+    qk_ptr, cos_ptr, sin_ptr, row_stride, HEAD_DIM: tl.constexpr, HALF: tl.constexpr, PDL: tl.constexpr = False
+):  # fmt: skip
+    pdl_start(PDL)
+    token = tl.program_id(0)
+    head = tl.program_id(1)
     i = tl.arange(0, HALF)
+    base = qk_ptr + token * row_stride + head * HEAD_DIM
     x1 = tl.load(base + i)
     x2 = tl.load(base + HALF + i)
     c1 = tl.load(cos_ptr + token * HEAD_DIM + i).to(tl.float32)
@@ -146,45 +151,8 @@ def _rotated(base, cos_ptr, sin_ptr, token, HEAD_DIM: tl.constexpr, HALF: tl.con
     # x*cos + rotate_half(x)*sin with PyTorch's roundings: each product, then the sum, in the dtype
     o1 = ((a1 * c1).to(dt).to(tl.float32) + (-a2 * s1).to(dt).to(tl.float32)).to(dt)
     o2 = ((a2 * c2).to(dt).to(tl.float32) + (a1 * s2).to(dt).to(tl.float32)).to(dt)
-    return o1, o2
-
-
-@triton.jit
-def _rope_kernel(
-    qk_ptr, cos_ptr, sin_ptr, row_stride, HEAD_DIM: tl.constexpr, HALF: tl.constexpr, PDL: tl.constexpr = False
-):  # fmt: skip
-    pdl_start(PDL)
-    token = tl.program_id(0)
-    base = qk_ptr + token * row_stride + tl.program_id(1) * HEAD_DIM
-    o1, o2 = _rotated(base, cos_ptr, sin_ptr, token, HEAD_DIM, HALF)
-    i = tl.arange(0, HALF)
     tl.store(base + i, o1)
     tl.store(base + HALF + i, o2)
-
-
-@triton.jit
-def _rope_store_kv_kernel(
-    qk_ptr, v_ptr, cos_ptr, sin_ptr, slots_ptr, k_cache_ptr, v_cache_ptr, qk_stride, v_stride,
-    N_HEADS: tl.constexpr, N_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, HALF: tl.constexpr,
-    PDL: tl.constexpr = False,
-):  # fmt: skip
-    """Program (token, head of q then k): _rope_kernel's rotation in place; a k head also goes to its
-    cache slot, with the v head of the same number."""
-    pdl_start(PDL)
-    token = tl.program_id(0)
-    head = tl.program_id(1)
-    base = qk_ptr + token * qk_stride + head * HEAD_DIM
-    o1, o2 = _rotated(base, cos_ptr, sin_ptr, token, HEAD_DIM, HALF)
-    i = tl.arange(0, HALF)
-    tl.store(base + i, o1)
-    tl.store(base + HALF + i, o2)
-    if head >= N_HEADS:
-        kv = head - N_HEADS
-        at = (tl.load(slots_ptr + token).to(tl.int64) * N_KV_HEADS + kv) * HEAD_DIM
-        tl.store(k_cache_ptr + at + i, o1)
-        tl.store(k_cache_ptr + at + HALF + i, o2)
-        dims = tl.arange(0, HEAD_DIM)
-        tl.store(v_cache_ptr + at + dims, tl.load(v_ptr + token * v_stride + kv * HEAD_DIM + dims))
 
 
 def rope_(qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -194,31 +162,6 @@ def rope_(qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
         raise ValueError("rope_ needs each token's heads contiguous")
     _rope_kernel[(t, heads)](
         qk, cos.contiguous(), sin.contiguous(), qk.stride(0), HEAD_DIM=head_dim, HALF=head_dim // 2,
-        **pdl_launch(qk.device),
-    )  # fmt: skip
-    return qk
-
-
-def rope_store_kv_(
-    qk: torch.Tensor,
-    v: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    slots: torch.Tensor,
-) -> torch.Tensor:
-    """rope_ and store_kv in one kernel: rotate qk [T, H + KVH, D] (q heads, then k heads) in place,
-    and write its k heads and v [T, KVH, D] to k_cache[slots], v_cache[slots] ([slots, KVH, D])."""
-    t, heads, head_dim = qk.shape
-    kv_heads = v.shape[1]
-    if qk.stride(2) != 1 or qk.stride(1) != head_dim or v.stride(2) != 1 or v.stride(1) != head_dim:
-        raise ValueError("rope_store_kv_ needs each token's heads contiguous")
-    if v.shape != (t, kv_heads, head_dim) or heads <= kv_heads or k_cache.shape[1:] != v.shape[1:]:
-        raise ValueError(f"qk {list(qk.shape)}, v {list(v.shape)}, caches {list(k_cache.shape)} do not fit")
-    _rope_store_kv_kernel[(t, heads)](
-        qk, v, cos.contiguous(), sin.contiguous(), slots, k_cache, v_cache, qk.stride(0), v.stride(0),
-        N_HEADS=heads - kv_heads, N_KV_HEADS=kv_heads, HEAD_DIM=head_dim, HALF=head_dim // 2,
         **pdl_launch(qk.device),
     )  # fmt: skip
     return qk

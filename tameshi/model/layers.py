@@ -23,23 +23,12 @@ if TYPE_CHECKING:
 
 
 class AttentionBackend(Protocol):
-    def store_rope(
-        self, layer: int, qk: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-    ) -> bool:
-        """Where one kernel can do both: rotate qk [T, n_heads + n_kv_heads, head_dim] (q's heads, then
-        k's) in place and store its k heads and v for `layer`. True if done: attend then gets
-        stored=True. False: the caller rotates, and attend stores."""
-        ...
-
-    def attend(
-        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, stored: bool = False
-    ) -> torch.Tensor:
-        """Store k, v [T, n_kv_heads, head_dim] for `layer` (unless store_rope has: `stored`); return
-        attention of q [T, n_heads, head_dim]."""
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Store k, v [T, n_kv_heads, head_dim] for `layer`; return attention of q [T, n_heads, head_dim]."""
         ...
 
     def attend_x16(
-        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, stored: bool = False
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, QuantizedX | None]:
         """attend, and its output [T, n_heads · head_dim] quantized for the dp2a AWQ kernel in blocks of
         one head (awq_x16.QuantizedX) where this backend's kernel writes that too; else None."""
@@ -202,16 +191,14 @@ class Attention(nn.Module):
         t = x.shape[0]
         # q and k heads side by side: one rotation for both
         qk = qkv[:, : self.q_size + self.kv_size].view(t, -1, self.head_dim)
-        v = qkv[:, self.q_size + self.kv_size :].view(t, self.n_kv_heads, self.head_dim)
         fused = _fused_kernels(qk)
-        stored = fused is not None and backend.store_rope(self.layer, qk, v, cos, sin)  # one kernel
-        if not stored:
-            qk = fused.rope_(qk, cos, sin) if fused is not None else apply_rope(qk, cos, sin)
+        qk = fused.rope_(qk, cos, sin) if fused is not None else apply_rope(qk, cos, sin)
         q, k = qk.split([self.n_heads, self.n_kv_heads], dim=1)
+        v = qkv[:, self.q_size + self.kv_size :].view(t, self.n_kv_heads, self.head_dim)
         if self.o_proj.x16_block(x) == self.head_dim:  # the merge kernel quantizes by head
-            attn, attn_q = backend.attend_x16(self.layer, q, k, v, stored)
+            attn, attn_q = backend.attend_x16(self.layer, q, k, v)
         else:
-            attn, attn_q = backend.attend(self.layer, q, k, v, stored), None
+            attn, attn_q = backend.attend(self.layer, q, k, v), None
         out = self.o_proj(attn.reshape(t, self.q_size), attn_q)
         return out if self.tp is None else self.tp.all_reduce(out).to(x.dtype)
 
