@@ -22,9 +22,9 @@ with a device-to-device copy measured in the same run.
 A second table takes one row as the decode step runs it (`decode_rows`): qkv and o on x that arrives
 quantized for the dp2a kernel (AWQLinear.forward's `x_q`, written in the step by the norm and the
 attention merge), gate_up and down on fp16 x. It gives each kernel alone in a graph of its own calls,
-and what it adds to a graph where each call follows the kernel that writes its x (the RMSNorm,
-quantizing for qkv and o, where a norm stands in for the attention merge; SwiGLU for down): the
-chain's time per pair less the producer's alone, as benchmarks/profile_decode.py counts a step.
+and what it adds to a graph where each call follows the kernels before it in a layer of the 67B
+(`layer_before`: the matmul before it and the norm, attention or SwiGLU between, on their own weight
+copies): the chain's time less theirs alone, what benchmarks/profile_decode.py counts in a step.
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ from tameshi.kernels.awq_triton import (
     invariant_config,
     kpack,
 )
+from tameshi.kernels.awq_x16 import quantize_x, x16_config, x16_configs
+from tameshi.kernels.paged_attention import paged_decode_attention_x16
 from tameshi.loading.awq import AWQConfig
 from tameshi.model.linear import AWQLinear
 
@@ -318,36 +320,107 @@ def invariant_prefill_sweep(name: str, k: int, n: int) -> list[str]:
     return rows
 
 
+def layer_before(name: str, k: int, block: int | None):
+    """The kernels before this linear in a decode layer of the 67B, as producer(i) -> (x, x_q) that
+    runs them (the matmul among them on weight copy i, so no call finds it in L2) and writes this
+    linear's x; and what they are. qkv: down, then the norm (quantizing x in `block`s); o: paged
+    attention over 128 tokens and its merge (quantizing by head); gate_up: o, then the norm; down:
+    gate_up, then SwiGLU."""
+    h = torch.randn(1, k, device="cuda", dtype=torch.float16)  # the residual stream
+    norm_weight = torch.rand(k, device="cuda", dtype=torch.float16) + 0.5
+    if name.startswith("o "):
+        heads, kv_heads, dim, context, block_size = 64, 8, 128, 128, 16
+        q = torch.randn(1, heads, dim, device="cuda", dtype=torch.float16)
+        k_cache, v_cache = torch.randn(2, context, kv_heads, dim, device="cuda", dtype=torch.float16)
+        tables = torch.arange(context // block_size, device="cuda", dtype=torch.int32)[None]
+        lens = torch.tensor([context], device="cuda", dtype=torch.int32)
+
+        def attend(i):
+            out, x_q = paged_decode_attention_x16(q, k_cache, v_cache, tables, lens, block_size)
+            return out.reshape(1, heads * dim), x_q
+
+        return attend, "paged attention (128 tokens) and its merge"
+    before = {
+        "qkv": SHAPES["down 22016→8192"],
+        "gate_up": SHAPES["o 8192→8192"],
+        "down": SHAPES["gate_up 8192→44032"],
+    }
+    pk, pn = before[name.split()[0]]
+    prev = [make_layer(pk, pn, *random_awq(pk, pn)) for _ in range(weight_copies(pk, pn))]
+    x_prev = torch.randn(1, pk, device="cuda", dtype=torch.float16)
+    if name.startswith("qkv"):
+        return (
+            lambda i: fused.add_rms_norm_x16(h, prev[i % len(prev)](x_prev), norm_weight, 1e-6, block)[1:],
+            "down, then the RMSNorm",
+        )
+    if name.startswith("gate_up"):
+        x_prev_q = quantize_x(x_prev, prev[0].x16_block(x_prev))  # o's x, as the merge writes it
+        return (
+            lambda i: (
+                fused.add_rms_norm(h, prev[i % len(prev)](x_prev, x_prev_q), norm_weight, 1e-6)[1],
+                None,
+            ),
+            "o, then the RMSNorm",
+        )
+    return lambda i: (fused.silu_mul(prev[i % len(prev)](x_prev)), None), "gate_up, then SwiGLU"
+
+
 def decode_rows(name: str, k: int, n: int, copy_gbs: float) -> list[str]:
-    """One row as the decode step runs each linear (the module docstring): alone, and after its
-    producer. The x16 rows need fp16 x that the dp2a kernel takes (AWQLinear.x16_block)."""
+    """One row as the decode step runs each linear (the module docstring): alone, and after the
+    kernels before it in a layer (layer_before). qkv and o take x quantized for the dp2a kernel."""
     layers = [make_layer(k, n, *random_awq(k, n)) for _ in range(weight_copies(k, n))]
     packed = layers[0].kernel_weight
     weight_bytes = sum(t.numel() * t.element_size() for t in (packed.qweight, packed.zeros, packed.scales))
-    h, delta = torch.randn(2, 1, k, device="cuda", dtype=torch.float16)
-    norm_weight = torch.rand(k, device="cuda", dtype=torch.float16) + 0.5
-    block = layers[0].x16_block(h) if name.startswith(("qkv", "o ")) else None
-    if block is not None:
-        what = f"dp2a on x quantized by its producer (blocks of {block})"
-        producer = lambda: fused.add_rms_norm_x16(h, delta, norm_weight, 1e-6, block)[1:]  # noqa: E731
-    elif name.startswith("down"):
-        what = "streamed fp16, after SwiGLU"
-        gate_up = torch.randn(1, 2 * k, device="cuda", dtype=torch.float16)
-        producer = lambda: (fused.silu_mul(gate_up), None)  # noqa: E731
-    else:
-        what = "streamed fp16, after the RMSNorm"
-        producer = lambda: (fused.add_rms_norm(h, delta, norm_weight, 1e-6)[1], None)  # noqa: E731
-    x, x_q = producer()
+    x = torch.randn(1, k, device="cuda", dtype=torch.float16)
+    block = layers[0].x16_block(x) if name.startswith(("qkv", "o ")) else None
+    what = f"dp2a on x quantized by its producer (blocks of {block})" if block else "streamed fp16"
+    producer, before = layer_before(name, k, block)
+    x, x_q = producer(0)
     alone = graph_ms([lambda layer=layer: layer(x, x_q) for layer in layers])
-    chained = graph_ms([lambda layer=layer: layer(*producer()) for layer in layers])
-    added = chained - graph_ms([producer for _ in layers])
+    chain = range(2 * len(layers))  # every weight copy of both, in turn
+    both = graph_ms([lambda i=i: layers[i % len(layers)](*producer(i)) for i in chain])
+    added = both - graph_ms([lambda i=i: producer(i) for i in chain])
 
     def cell(ms: float) -> str:
         return f"{ms * 1000:.1f} ({100 * weight_bytes / ms / 1e6 / copy_gbs:.0f}%)"
 
-    row = f"| {name} | {what} | {cell(alone)} | {cell(added)} | {chained * 1000:.1f} |"
+    row = f"| {name} | {what} | {cell(alone)} | {before} | {cell(added)} | {both * 1000:.1f} |"
     print(row, flush=True)
     return [row]
+
+
+def decode_sweep(name: str, k: int, n: int, copy_gbs: float) -> list[str]:
+    """qkv and o: each dp2a tile on x in blocks of 128 (awq_x16.x16_configs), alone and as added
+    after the kernels before it in a layer (as decode_rows), x16_config's pick marked."""
+    if not name.startswith(("qkv", "o ")):
+        return []
+    layers = [make_layer(k, n, *random_awq(k, n)) for _ in range(weight_copies(k, n))]
+    packs = [layer.kernel_weight for layer in layers]
+    weight_bytes = sum(
+        t.numel() * t.element_size() for t in (packs[0].qweight, packs[0].zeros, packs[0].scales)
+    )
+    producer, before = layer_before(name, k, 128)
+    x, x_q = producer(0)
+    chain = range(2 * len(packs))
+    base = graph_ms([lambda i=i: producer(i) for i in chain])
+    pick = x16_config(n, k, GROUP)
+
+    def chained(i: int, cfg: MatmulConfig) -> torch.Tensor:
+        x, x_q = producer(i)
+        return awq_matmul(x, packs[i % len(packs)], cfg, x_q=x_q)
+
+    def cell(ms: float) -> str:
+        return f"{ms * 1000:.1f} ({100 * weight_bytes / ms / 1e6 / copy_gbs:.0f}%)"
+
+    rows = []
+    for cfg in [c for c in x16_configs(k, GROUP) if c.block_k == 128]:
+        alone = graph_ms([lambda p=p, cfg=cfg: awq_matmul(x, p, cfg, x_q=x_q) for p in packs])
+        added = graph_ms([lambda i=i, cfg=cfg: chained(i, cfg) for i in chain]) - base
+        tile = f"{cfg.block_n} columns, {k // cfg.block_k // cfg.split_k} units a program, {cfg.depth} ahead"
+        mark = " (x16_config)" if cfg == pick else ""
+        rows.append(f"| {name} | {tile}{mark} | {cell(alone)} | {before} | {cell(added)} |")
+        print(rows[-1], flush=True)
+    return rows
 
 
 def over_shapes(table) -> list[str]:
@@ -370,6 +443,10 @@ def main() -> None:
     ap.add_argument("--invariant", action="store_true", help="batch-invariant tiles beside the defaults")
     ap.add_argument("--invariant-prefill", action="store_true", help="wider invariant tiles for prefill rows")
     ap.add_argument("--rows", type=lambda t: [int(v) for v in t.split(",")], default=list(ROWS))
+    ap.add_argument("--decode-only", action="store_true", help="only the table of one row as decode runs it")
+    ap.add_argument(
+        "--decode-sweep", action="store_true", help="with it, qkv's and o's dp2a tiles in a layer"
+    )
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
@@ -416,17 +493,27 @@ def main() -> None:
             )
             torch.cuda.empty_cache()
     else:
-        lines += over_shapes(lambda name, k, n: bench_shape(name, k, n, copy_gbs, autoawq, args.rows))
+        if not args.decode_only:
+            lines += over_shapes(lambda name, k, n: bench_shape(name, k, n, copy_gbs, autoawq, args.rows))
         lines += [
             "",
             "One row as the decode step runs it: µs per call (% of the copy bandwidth), the kernel alone in a "
-            "graph of its own calls, and what it adds to a graph where each call follows the kernel that "
-            "writes its x (the pair's time less the producer's alone).",
+            "graph of its own calls, and what it adds to a graph where each call follows the kernels before it "
+            "in a layer (the chain's time less that of the kernels before alone).",
             "",
-            "| shape | what decode runs | alone | added after its producer | producer + it |",
-            "|---|---|---:|---:|---:|",
+            "| shape | what decode runs | alone | kernels before it | added after them | they + it |",
+            "|---|---|---:|---|---:|---:|",
         ]
         lines += over_shapes(lambda name, k, n: decode_rows(name, k, n, copy_gbs))
+        if args.decode_sweep:
+            lines += [
+                "",
+                "The dp2a tiles at qkv and o, alone and in a layer (as above), x in blocks of 128.",
+                "",
+                "| shape | tile | alone | kernels before it | added after them |",
+                "|---|---|---:|---|---:|",
+            ]
+            lines += over_shapes(lambda name, k, n: decode_sweep(name, k, n, copy_gbs))
     emit(lines, args.out)
 
 
