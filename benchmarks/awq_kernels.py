@@ -46,6 +46,7 @@ from tameshi.kernels.awq_triton import (
     awq_matmul,
     default_config,
     invariant_config,
+    kdequantize_reference,
     kpack,
 )
 from tameshi.kernels.awq_x16 import quantize_x, x16_config, x16_configs
@@ -110,6 +111,37 @@ def weight_copies(k: int, n: int) -> int:
     """How many copies of a [K, N] 4-bit weight to rotate over: more than twice the 50 MB L2 together,
     so that no call finds its weight cached."""
     return max(2, -(-120 * 2**20 // (k * n // 2)))
+
+
+def packed_bytes(packed) -> int:
+    """The bytes tameshi's kernels read for a weight (a KPacked): codes, fp16 zeros and fp16 scales."""
+    return sum(t.numel() * t.element_size() for t in (packed.qweight, packed.zeros, packed.scales))
+
+
+class OneRowCase:
+    """One shape of the one-row dp2a tries (awq_l2_prefetch.py, awq_slab.py): x with an outlier, as real
+    activations have, its fp32 product with the first weight copy, x quantized in blocks of 128, an
+    output row; and that table's rows."""
+
+    HEADER = "| shape | kernel | registers | µs | % of copy | max error / max abs(y) |\n|---|---|---:|---:|---:|---:|"
+
+    def __init__(self, name: str, packs: list, copy_gbs: float) -> None:
+        k, n = packs[0].shape
+        self.name, self.copy_gbs, self.weight = name, copy_gbs, packed_bytes(packs[0])
+        self.x = torch.randn(1, k, device="cuda", dtype=torch.float16)
+        self.x[0, 7] = 40.0
+        self.ref = self.x.float() @ kdequantize_reference(packs[0])
+        self.prepared = quantize_x(self.x, 128)
+        self.y = torch.empty(1, n, dtype=torch.float16, device="cuda")
+
+    def error(self) -> float:
+        """y's largest difference from the reference, over the reference's largest |value|."""
+        return ((self.y.float() - self.ref).abs().max() / self.ref.abs().max()).item()
+
+    def row(self, label: str, ms: float, regs: str = "", err: float | None = None) -> None:
+        e = "" if err is None else f"{err:.1e}"
+        pct = 100 * self.weight / ms / 1e6 / self.copy_gbs
+        print(f"| {self.name} | {label} | {regs} | {ms * 1000:.2f} | {pct:.0f}% | {e} |", flush=True)
 
 
 def random_awq(k: int, n: int):
@@ -201,7 +233,7 @@ def bench_shape(name: str, k: int, n: int, copy_gbs: float, autoawq, row_counts=
         copies.append((layer, qweight, qzeros, scales, tinygemm(k, n)))
     packed = copies[0][0].kernel_weight
     # the bytes our kernels read for the weight: codes, fp16 zeros and fp16 scales
-    weight_bytes = sum(t.numel() * t.element_size() for t in (packed.qweight, packed.zeros, packed.scales))
+    weight_bytes = packed_bytes(packed)
     rows = []
     for m in row_counts:
         x = torch.randn(m, k, device="cuda", dtype=torch.float16)
@@ -245,7 +277,7 @@ def sweep_shape(
         paired.append(kpack(*checkpoint, GROUP, paired=True))
         nibbles.append(kpack(*checkpoint, GROUP, paired=False))
     packed = packs[0]
-    weight_bytes = sum(t.numel() * t.element_size() for t in (packed.qweight, packed.zeros, packed.scales))
+    weight_bytes = packed_bytes(packed)
     rows = []
     for m in rows_to_sweep:
         x = torch.randn(m, k, device="cuda", dtype=torch.float16)
@@ -370,7 +402,7 @@ def decode_rows(name: str, k: int, n: int, copy_gbs: float) -> list[str]:
     kernels before it in a layer (layer_before). qkv and o take x quantized for the dp2a kernel."""
     layers = [make_layer(k, n, *random_awq(k, n)) for _ in range(weight_copies(k, n))]
     packed = layers[0].kernel_weight
-    weight_bytes = sum(t.numel() * t.element_size() for t in (packed.qweight, packed.zeros, packed.scales))
+    weight_bytes = packed_bytes(packed)
     x = torch.randn(1, k, device="cuda", dtype=torch.float16)
     block = layers[0].x16_block(x) if name.startswith(("qkv", "o ")) else None
     what = f"dp2a on x quantized by its producer (blocks of {block})" if block else "streamed fp16"
@@ -396,9 +428,7 @@ def decode_sweep(name: str, k: int, n: int, copy_gbs: float) -> list[str]:
         return []
     layers = [make_layer(k, n, *random_awq(k, n)) for _ in range(weight_copies(k, n))]
     packs = [layer.kernel_weight for layer in layers]
-    weight_bytes = sum(
-        t.numel() * t.element_size() for t in (packs[0].qweight, packs[0].zeros, packs[0].scales)
-    )
+    weight_bytes = packed_bytes(packs[0])
     producer, before = layer_before(name, k, 128)
     x, x_q = producer(0)
     chain = range(2 * len(packs))

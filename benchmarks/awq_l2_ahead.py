@@ -22,6 +22,7 @@ from awq_kernels import (
     graph_ms,
     layer_before,
     make_layer,
+    packed_bytes,
     random_awq,
     weight_copies,
 )
@@ -63,7 +64,7 @@ def shape_rows(name: str, copy_gbs: float) -> None:
     x = torch.empty(1, k, device="cuda", dtype=torch.float16)
     block = layers[0].x16_block(x) if name.startswith(("qkv", "o ")) else None
     producer, before = layer_before(name, k, block)
-    total = sum(t.numel() * t.element_size() for t in weights(layers[0]))
+    total = packed_bytes(layers[0].kernel_weight)
     chain = range(2 * len(layers))
 
     def step(i: int, mib: int, wait: bool) -> torch.Tensor:

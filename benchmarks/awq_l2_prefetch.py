@@ -19,11 +19,11 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from awq_kernels import GROUP, SHAPES, copy_bandwidth, graph_ms, random_awq, weight_copies
+from awq_kernels import GROUP, SHAPES, OneRowCase, copy_bandwidth, graph_ms, random_awq, weight_copies
 
 from tameshi.kernels.awq_gemv import stream_units
-from tameshi.kernels.awq_triton import _store_output, kdequantize_reference, kpack, split_k_scratch
-from tameshi.kernels.awq_x16 import _unit_sums, launch_x16, quantize_x, x16_config
+from tameshi.kernels.awq_triton import _store_output, kpack, split_k_scratch
+from tameshi.kernels.awq_x16 import _unit_sums, launch_x16, x16_config
 
 _BULK = tl.constexpr("cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0;")
 _LINE = tl.constexpr("prefetch.global.L2::evict_last [$1]; mov.u32 $0, 0;")
@@ -106,28 +106,12 @@ def main() -> None:
     copy_gbs = copy_bandwidth()
     print(f"{torch.cuda.get_device_name()}; torch {torch.__version__}, triton {triton.__version__}")
     print(f"copy bandwidth {copy_gbs:.0f} GB/s (read + write of 1 GiB)\n")
-    print(
-        "| shape | kernel | registers | µs | % of copy | max error / max abs(y) |\n|---|---|---:|---:|---:|---:|"
-    )
+    print(OneRowCase.HEADER)
     for name, (k, n) in SHAPES.items():
         packs = [kpack(*random_awq(k, n), GROUP, paired=True) for _ in range(weight_copies(k, n))]
-        weight = sum(
-            t.numel() * t.element_size() for t in (packs[0].qweight, packs[0].zeros, packs[0].scales)
-        )
-        x = torch.randn(1, k, device="cuda", dtype=torch.float16)
-        x[0, 7] = 40.0  # an outlier, as real activations have
-        ref = x.float() @ kdequantize_reference(packs[0])
-        prepared = quantize_x(x, 128)
-        y = torch.empty(1, n, dtype=torch.float16, device="cuda")
+        case = OneRowCase(name, packs, copy_gbs)
+        x, prepared, y, row, error = case.x, case.prepared, case.y, case.row, case.error
         ws, counts = split_k_scratch(x.device, n, n // 128)
-
-        def row(label: str, ms: float, regs: str = "", err: float | None = None) -> None:
-            e = "" if err is None else f"{err:.1e}"
-            pct = 100 * weight / ms / 1e6 / copy_gbs
-            print(f"| {name} | {label} | {regs} | {ms * 1000:.2f} | {pct:.0f}% | {e} |", flush=True)
-
-        def error(ref: torch.Tensor = ref) -> float:
-            return ((y.float() - ref).abs().max() / ref.abs().max()).item()
 
         pick = x16_config(n, k, GROUP)
         per = k // 128 // pick.split_k
@@ -154,7 +138,7 @@ def main() -> None:
             counts.zero_()  # "no sum" leaves them as they were; the others set them back
             label = ", ".join(f"{key} {value}" for key, value in t.items())
             row(label, ms, f"{kernel.n_regs}", None if t.get("nosum") or t.get("cheap") else err)
-        del packs, ref
+        del packs, case
         torch.cuda.empty_cache()
 
 

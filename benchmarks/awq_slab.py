@@ -152,33 +152,17 @@ def check() -> None:
 
 
 def main() -> None:
-    from awq_kernels import GROUP, SHAPES, copy_bandwidth, graph_ms, weight_copies
+    from awq_kernels import GROUP, SHAPES, OneRowCase, copy_bandwidth, graph_ms, weight_copies
 
     copy_gbs = copy_bandwidth()
     print(f"{torch.cuda.get_device_name()}; torch {torch.__version__}, triton {triton.__version__}")
     print(f"copy bandwidth {copy_gbs:.0f} GB/s (read + write of 1 GiB)\n")
-    print(
-        "| shape | kernel | registers | µs | % of copy | max error / max abs(y) |\n|---|---|---:|---:|---:|---:|"
-    )
+    print(OneRowCase.HEADER)
     for name, (k, n) in SHAPES.items():
         packs = [random_pack(k, n, GROUP, "cuda") for _ in range(weight_copies(k, n))]
-        weight = sum(
-            t.numel() * t.element_size() for t in (packs[0].qweight, packs[0].zeros, packs[0].scales)
-        )
-        x = torch.randn(1, k, device="cuda", dtype=torch.float16)
-        x[0, 7] = 40.0
-        ref = x.float() @ kdequantize_reference(packs[0])
-        prepared = quantize_x(x, 128)
-        y = torch.empty(1, n, dtype=torch.float16, device="cuda")
+        case = OneRowCase(name, packs, copy_gbs)
+        x, prepared, y, row, error = case.x, case.prepared, case.y, case.row, case.error
         ws, counts = split_k_scratch(x.device, n, n // 16)
-
-        def row(label: str, ms: float, regs: str = "", err: float | None = None) -> None:
-            e = "" if err is None else f"{err:.1e}"
-            pct = 100 * weight / ms / 1e6 / copy_gbs
-            print(f"| {name} | {label} | {regs} | {ms * 1000:.2f} | {pct:.0f}% | {e} |", flush=True)
-
-        def error(ref: torch.Tensor = ref) -> float:
-            return ((y.float() - ref).abs().max() / ref.abs().max()).item()
 
         pick = x16_config(n, k, GROUP)
 
@@ -200,7 +184,7 @@ def main() -> None:
             label = "slab: " + ", ".join(f"{key} {value}" for key, value in tile.items())
             row(label, ms, f"{kernel.n_regs}", err)
         row("awq_x16, split K, again", split_k())
-        del packs, ref
+        del packs, case
         torch.cuda.empty_cache()
 
 

@@ -774,9 +774,10 @@ def awq_matmul(
     stream = x.dtype == torch.float16 and packed.paired and stream_fits(x)
     # one row: fp16 x the streamed kernel reads -> it, unless x comes quantized (x_q); else (bf16, x
     # off 16 bytes) the dp2a kernel after quantize_x, where it fits (awq_x16 says why)
-    if m != 1 or not x16_default(packed):
+    x16 = m == 1 and x16_default(packed)
+    if not x16:
         x_q = None
-    use_x16 = m == 1 and (x_q is not None or not stream) and x16_default(packed)
+    use_x16 = x16 and (x_q is not None or not stream)
     cfg = config or default_config(m, n, k, packed.group, stream, use_x16)
     if cfg.mma and not _mma_fits(x, packed):
         cfg = default_config(m, n, k, packed.group)  # the kernels that read any alignment
