@@ -10,6 +10,12 @@ whole group's row pairs for its 4 columns and sums them in registers, with the i
 zero points and scales of awq_x16 (x quantized to int16 by quantize_x beforehand, not counted).
 Loads of 64-256 bytes a row (bn 16-64 columns) instead of awq_x16's 1 KB. Times per call inside a
 CUDA graph over weight copies larger than L2 together, with PDL, as in benchmarks/awq_kernels.py.
+
+"slabbed words": the same kernel on the words laid out slab by slab (slabbed(): each program's K/8
+rows of bn words in one run of memory, so its loads are 2-8 KB runs, not 64-256-byte rows 32 KB
+apart). On an H200 this changed nothing that matters (o's best 10.64 µs against 10.74;
+benchmarks/results/awq-tries-h200-2026-12-04.md): where the slab kernel's bytes lie in DRAM is not
+what holds it back.
 """
 
 # ruff: noqa: B023  (every closure here is called within the loop iteration that made it)
@@ -22,14 +28,19 @@ import triton
 import triton.language as tl
 
 from tameshi.kernels import interpreted
-from tameshi.kernels.awq_triton import _store_output, kdequantize_reference, kpack, split_k_scratch
+from tameshi.kernels.awq_triton import KPacked, _store_output, kdequantize_reference, kpack, split_k_scratch
 from tameshi.kernels.awq_x16 import _CONSTRAINTS, _PACK, _ROW_PAIR_PTX, launch_x16, quantize_x, x16_config
 
 
 @triton.jit
-def _load(w_ptr, unit, j, m, col0, N: tl.constexpr, UG: tl.constexpr, PAIRS: tl.constexpr, BN: tl.constexpr):
-    """Unit `unit`'s words [PAIRS, UG * BN], even and odd rows: (j, m) is pair j of group m // BN, column m % BN."""
+def _load(w_ptr, unit, j, m, col0, N: tl.constexpr, UG: tl.constexpr, PAIRS: tl.constexpr, BN: tl.constexpr,
+          K8: tl.constexpr = 0, SLABBED: tl.constexpr = False):  # fmt: skip
+    """Unit `unit`'s words [PAIRS, UG * BN], even and odd rows: (j, m) is pair j of group m // BN, column m % BN.
+    SLABBED: the words as slabbed() lays them out, each slab's K/8 rows of BN words in one run."""
     q = (unit * UG + m // BN) * PAIRS + j  # row pair
+    if SLABBED:
+        at = w_ptr + col0.to(tl.int64) * K8 + (2 * q.to(tl.int64)) * BN + m % BN
+        return tl.load(at), tl.load(at + BN)
     at = w_ptr + (2 * q.to(tl.int64)) * N + (col0 + m % BN)
     return tl.load(at), tl.load(at + N)
 
@@ -64,7 +75,7 @@ def _sums(acc, wa, wb, unit, j, m, col0, q_ptr, xs_ptr, xsum_ptr, z_ptr, s_ptr, 
 def _slab_kernel(
     q_ptr, xs_ptr, xsum_ptr, w_ptr, z_ptr, s_ptr, y_ptr, ws_ptr, count_ptr, N: tl.constexpr,
     BN: tl.constexpr, UG: tl.constexpr, PAIRS: tl.constexpr, UNITS: tl.constexpr, SPLIT_K: tl.constexpr,
-    DEPTH: tl.constexpr, ASM: tl.constexpr, PDL: tl.constexpr,
+    DEPTH: tl.constexpr, ASM: tl.constexpr, PDL: tl.constexpr, K8: tl.constexpr = 0, SLABBED: tl.constexpr = False,
 ):  # fmt: skip
     """Program (slab, -, K split): UNITS units of UG groups, DEPTH loaded ahead (as stream_units)."""
     if PDL:
@@ -73,14 +84,14 @@ def _slab_kernel(
     j = tl.arange(0, PAIRS)[:, None]
     m = tl.arange(0, UG * BN)[None, :]
     col0 = tl.program_id(0) * BN
-    a0, b0 = _load(w_ptr, first, j, m, col0, N, UG, PAIRS, BN)
+    a0, b0 = _load(w_ptr, first, j, m, col0, N, UG, PAIRS, BN, K8, SLABBED)
     if DEPTH == 2:
-        a1, b1 = _load(w_ptr, first + 1, j, m, col0, N, UG, PAIRS, BN)
+        a1, b1 = _load(w_ptr, first + 1, j, m, col0, N, UG, PAIRS, BN, K8, SLABBED)
     if PDL:
         tl.extra.cuda.gdc_wait()
     acc = tl.zeros((UG * BN,), dtype=tl.float32)
     for i in tl.static_range(UNITS - DEPTH):
-        a2, b2 = _load(w_ptr, first + i + DEPTH, j, m, col0, N, UG, PAIRS, BN)
+        a2, b2 = _load(w_ptr, first + i + DEPTH, j, m, col0, N, UG, PAIRS, BN, K8, SLABBED)
         acc = _sums(
             acc, a0, b0, first + i, j, m, col0, q_ptr, xs_ptr, xsum_ptr, z_ptr, s_ptr, N, UG, PAIRS, BN, ASM
         )
@@ -103,7 +114,14 @@ def _slab_kernel(
     )
 
 
-def launch(prepared, packed, y, ws, counts, bn=16, ug=16, split=1, depth=1, warps=2):
+def slabbed(packed, bn: int):
+    """The words [K/8, N] laid out as [N/bn, K/8, bn]: each program's slab in one run of memory."""
+    k8, n = packed.qweight.shape
+    words = packed.qweight.view(k8, n // bn, bn).permute(1, 0, 2).contiguous()
+    return KPacked(words.view(k8, n), packed.zeros, packed.scales, packed.group, packed.paired)
+
+
+def launch(prepared, packed, y, ws, counts, bn=16, ug=16, split=1, depth=1, warps=2, slab_layout=False):
     """One call: `bn` columns a program (`warps` warps, bn * ug = 128 a warp), units of `ug` groups."""
     q, xs, xsum = prepared
     k, n = packed.shape
@@ -116,7 +134,7 @@ def launch(prepared, packed, y, ws, counts, bn=16, ug=16, split=1, depth=1, warp
     return _slab_kernel[(n // bn, 1, split)](
         q, xs, xsum, packed.qweight, packed.zeros, packed.scales, y, ws, counts, N=n, BN=bn, UG=ug,
         PAIRS=packed.group // 16, UNITS=units, SPLIT_K=split, DEPTH=depth, ASM=not interpreted(),
-        PDL=not interpreted(), num_warps=warps, num_stages=1, **extra,
+        PDL=not interpreted(), K8=k // 8, SLABBED=slab_layout, num_warps=warps, num_stages=1, **extra,
     )  # fmt: skip
 
 
@@ -145,10 +163,14 @@ def check() -> None:
         ref = x.float() @ kdequantize_reference(packed)
         y = torch.empty(1, n, dtype=torch.float16)
         ws, counts = torch.zeros(n), torch.zeros(n, dtype=torch.int32)
-        launch(quantize_x(x, 128), packed, y, ws, counts, bn, ug, split, depth, warps)
-        err = ((y.float() - ref).abs().max() / ref.abs().max()).item()
-        print(f"K {k} N {n}, {bn} columns, {ug} groups a unit, split {split}, depth {depth}: error {err:.1e}")
-        assert err < 2e-3
+        for slab_layout in (False, True):
+            weights = slabbed(packed, bn) if slab_layout else packed
+            launch(quantize_x(x, 128), weights, y, ws, counts, bn, ug, split, depth, warps, slab_layout)
+            err = ((y.float() - ref).abs().max() / ref.abs().max()).item()
+            print(
+                f"K {k} N {n}, {bn} columns, {ug} groups a unit, split {split}, depth {depth}, slabbed {slab_layout}: error {err:.1e}"
+            )
+            assert err < 2e-3
 
 
 def main() -> None:
@@ -178,11 +200,18 @@ def main() -> None:
                 launch(prepared, packs[0], y, ws, counts, **tile)
             except ValueError:
                 continue  # the tile does not divide this K
-            kernel = launch(prepared, packs[0], y, ws, counts, **tile)
-            err = error()
-            ms = graph_ms([lambda p=p: launch(prepared, p, y, ws, counts, **tile) for p in packs], 50)
-            label = "slab: " + ", ".join(f"{key} {value}" for key, value in tile.items())
-            row(label, ms, f"{kernel.n_regs}", err)
+            for slab_layout in (False, True):
+                weights = [slabbed(p, tile["bn"]) for p in packs] if slab_layout else packs
+                kernel = launch(prepared, weights[0], y, ws, counts, **tile, slab_layout=slab_layout)
+                err = error()
+                ms = graph_ms(
+                    [lambda p=p: launch(prepared, p, y, ws, counts, **tile, slab_layout=slab_layout) for p in weights], 50
+                )  # fmt: skip
+                label = ("slabbed words, " if slab_layout else "slab: ") + ", ".join(
+                    f"{key} {value}" for key, value in tile.items()
+                )
+                row(label, ms, f"{kernel.n_regs}", err)
+                del weights
         row("awq_x16, split K, again", split_k())
         del packs, case
         torch.cuda.empty_cache()
