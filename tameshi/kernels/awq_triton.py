@@ -138,35 +138,6 @@ def _store_output(out, y_ptrs, ws_ptrs, count_ptr, mask, SPLIT_K: tl.constexpr, 
             tl.store(count_ptr, 0)
 
 
-# The fixed-point split-K sum (_store_fixed): a split's fp32 part in units of 2^-22, clamped to
-# +-2^18 (a fp16 y is below 2^16; what is clamped rounds to inf in fp16 anyway), in the upper 56 bits
-# of an int64, the split count in the low 8. NaN adds 2^48 (as a fixed value): at most 64 splits,
-# the parts stay under 2^46 in all and NaN marks under 2^55.
-FIXED_SPLITS = 64
-_FIXED_ONE = tl.constexpr(4194304.0)  # 2^22
-_FIXED_CLAMP = tl.constexpr(262144.0)  # 2^18
-_FIXED_NAN = tl.constexpr(2**48)
-
-
-@triton.jit
-def _store_fixed(out, y_ptrs, ws_ptrs, mask, SPLIT_K: tl.constexpr):
-    """Write this program's part of y by the fixed-point split-K sum: one 64-bit atomic add a column
-    (value and count together), and the split whose add completes the count writes y and sets the
-    word back to zero. No fence and no counter: every add to a word is ordered after the ones before
-    it, and integer adds give the same sum in any order, so y is the same from run to run."""
-    part = tl.minimum(tl.maximum(out, -_FIXED_CLAMP), _FIXED_CLAMP) * _FIXED_ONE
-    part = tl.where(part >= 0, part + 0.5, part - 0.5).to(tl.int64)  # to nearest, half away from zero
-    part = tl.where(out != out, _FIXED_NAN, part)
-    word = part * 256 + 1
-    old = tl.atomic_add(ws_ptrs, word, mask=mask, sem="relaxed")
-    last = mask & ((old & 255) == SPLIT_K - 1)
-    total = (old + word) >> 8
-    y = total.to(tl.float32) / _FIXED_ONE
-    y = tl.where((total > _FIXED_NAN // 2) | (total < -(_FIXED_NAN // 2)), float("nan"), y)
-    tl.store(y_ptrs, y.to(y_ptrs.dtype.element_ty), mask=last)
-    tl.store(ws_ptrs, tl.zeros_like(word), mask=last)
-
-
 @triton.jit
 def _awq_matmul_kernel(
     x_ptr, w_ptr, z_ptr, s_ptr, y_ptr, ws_ptr, count_ptr, M, N, stride_xm, stride_ym,

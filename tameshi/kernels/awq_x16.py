@@ -51,7 +51,7 @@ import triton.language as tl
 
 from tameshi.kernels import interpreted, pdl
 from tameshi.kernels.awq_gemv import COLUMNS, stream_units
-from tameshi.kernels.awq_triton import FIXED_SPLITS, KPacked, MatmulConfig, _store_fixed, _store_output
+from tameshi.kernels.awq_triton import KPacked, MatmulConfig, _store_output
 
 SCALE = tl.constexpr(32767.0)  # the int16 a block's largest |x| becomes
 
@@ -165,7 +165,7 @@ def _awq_gemv_x16_kernel(
     q_ptr, xs_ptr, xsum_ptr, w_ptr, z_ptr, s_ptr, y_ptr, ws_ptr, count_ptr, N, K, stride_ym,
     GROUP: tl.constexpr, BLOCK_N: tl.constexpr, RU: tl.constexpr, UNITS: tl.constexpr,
     SPLIT_K: tl.constexpr, DEPTH: tl.constexpr, FIXUP: tl.constexpr, EVEN: tl.constexpr,
-    ASM: tl.constexpr, PDL: tl.constexpr = False, FIXED: tl.constexpr = False,
+    ASM: tl.constexpr, PDL: tl.constexpr = False,
 ):  # fmt: skip
     """Program (column block, row, K split) sums UNITS units of RU word rows (one of x's int16 blocks
     each), loading DEPTH (1 or 2) units ahead of the one it computes: the streamed kernel's grid,
@@ -186,13 +186,10 @@ def _awq_gemv_x16_kernel(
         w_ptr, z_ptr, s_ptr, pid_k * UNITS, offs_n, mask_n, N, q_row, xs_row, xsum_row, RU, GROUP, UNITS,
         DEPTH, EVEN, PDL, _unit_sums, ASM,
     )  # fmt: skip
-    if FIXED:  # ws_ptr: int64 words
-        _store_fixed(acc, y_ptr + row * stride_ym + offs_n, ws_ptr + row * N + offs_n, mask_n, SPLIT_K)
-    else:
-        count = count_ptr + row * tl.num_programs(0) + pid_n
-        _store_output(
-            acc, y_ptr + row * stride_ym + offs_n, ws_ptr + row * N + offs_n, count, mask_n, SPLIT_K, FIXUP
-        )
+    count = count_ptr + row * tl.num_programs(0) + pid_n
+    _store_output(
+        acc, y_ptr + row * stride_ym + offs_n, ws_ptr + row * N + offs_n, count, mask_n, SPLIT_K, FIXUP
+    )
 
 
 class QuantizedX(NamedTuple):
@@ -303,11 +300,9 @@ def launch_x16(
     ws: torch.Tensor,
     counts: torch.Tensor,
     prepared: QuantizedX | None = None,
-    fixed: bool = False,
 ) -> None:
     """awq_triton.launch for a dp2a tile: quantize_x (or `prepared`, its output for blocks of
-    cfg.block_k), then the kernel, on y, ws and counts as launch describes them. `fixed`: the
-    split-K sum in fixed point (awq_triton._store_fixed), on ws's first 2 M N floats as int64."""
+    cfg.block_k), then the kernel, on y, ws and counts as launch describes them."""
     m, k = x.shape
     n = packed.shape[1]
     if not packed.paired:
@@ -320,15 +315,8 @@ def launch_x16(
             f"x quantized as {list(q.shape)} in {scales.shape[-1]} blocks a row; the tile needs {m}x{k} in blocks of {cfg.block_k}"
         )
     extra = {"launch_pdl": True} if with_pdl else {}
-    fixed = fixed and consts["FIXUP"]
-    if fixed:
-        if cfg.split_k > FIXED_SPLITS or ws.numel() < 2 * m * n:
-            raise ValueError(
-                f"the fixed-point sum takes {FIXED_SPLITS} splits at most and 2 M N floats of workspace"
-            )
-        ws = ws[: 2 * m * n].view(torch.int64)
     grid = (triton.cdiv(n, cfg.block_n), m, cfg.split_k)
     _awq_gemv_x16_kernel[grid](
         q, scales, sums, packed.qweight, packed.zeros, packed.scales, y, ws, counts, n, k, y.stride(0),
-        **consts, num_warps=cfg.num_warps, num_stages=1, FIXED=fixed, **extra,
+        **consts, num_warps=cfg.num_warps, num_stages=1, **extra,
     )  # fmt: skip
