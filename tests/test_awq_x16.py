@@ -114,6 +114,26 @@ def test_x16_kernel_equals_reference(m, k, n, group, config, dtype):
         assert not ws.any() and not counts.any()
 
 
+def test_nan_in_x_gives_nan_where_the_reference_does():
+    """A NaN in a row of x makes that row of y NaN, as the fp32 product does (max, which sets a
+    block's scale, drops NaN: the kernel would give finite numbers); other rows are unchanged. Also
+    through the RMSNorm that writes x quantized."""
+    from tameshi.kernels import fused
+
+    packed, w = packed_and_reference(512, 256, 128, seed=5)
+    x = torch.randn(2, 512, generator=torch.Generator().manual_seed(5)).half()
+    x[0, 300] = float("nan")
+    y = awq_matmul(x.to(DEVICE), packed, MatmulConfig(1, 128, 128, 2, 1, **X16)).cpu()
+    assert y[0].isnan().all() and y[1].isfinite().all()
+    assert (y[1].float() - x[1].float() @ w).abs().max() <= 2e-3 * (x[1].float() @ w).abs().max()
+    h = torch.randn(1, 512).half().to(DEVICE)
+    weight = torch.ones(512, dtype=torch.float16, device=DEVICE)
+    _, normed, x_q = fused.add_rms_norm_x16(h, x[:1].to(DEVICE), weight, 1e-6, 128)
+    assert x_q.scales.isnan().all()  # the norm's whole row is NaN
+    y_q = awq_matmul(normed, packed, MatmulConfig(1, 128, 128, 2, 1, **X16), x_q=x_q).cpu()
+    assert y_q.isnan().all()
+
+
 def test_x16_default_tiles():
     """x16_config: 256 columns, units of the group's largest of 128/64/32, the most of 8/4/2/1 units a
     program leaving 600 programs (the 67B shapes' best on an H200); only paired words fit."""

@@ -104,6 +104,9 @@ def _quantize_tile(x, blocks, keep, q_row, scale_row, sum_row, XB: tl.constexpr)
     int16 (in SLOT order), each block's scale and its int16 sum."""
     at = blocks[:, None] * XB + tl.arange(0, XB)[None, :]
     top = tl.maximum(tl.max(tl.abs(x), axis=1), 1e-30)  # a block of zeros: any scale, all zeros
+    # max drops NaN (on the GPU and under the interpreter): a block that holds one gets a NaN scale,
+    # so that y is NaN wherever the fp32 product is, not finite and wrong
+    top = tl.where(tl.max((x != x).to(tl.int32), axis=1) > 0, float("nan"), top)
     inv = SCALE / top
     q = x * inv[:, None]
     q = tl.where(q >= 0, q + 0.5, q - 0.5).to(tl.int32)  # round half away from zero; |q| <= 32767
