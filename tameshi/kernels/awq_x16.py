@@ -38,7 +38,10 @@ Tried and dropped: K split over a program's warps (summed in shared memory; o 12
 µs), each program quantizing its own blocks of x (o 14.8-16.0, gate_up 151), an L2 prefetch of a
 program's later units and column slabs with no split-K sum (awq-prefetch-slab-h200.md), and the
 norm quantizing a whole row in one program (its scattered int16 stores took ~10 µs: the step went
-from 11.6 to 12.0 ms; fused.add_rms_norm_x16 splits the row over programs).
+from 11.6 to 12.0 ms; fused.add_rms_norm_x16 splits the row over programs). Also (awq-tries-h200-2026-12-04.md):
+the weights streamed by TMA into a shared-memory ring (a Gluon kernel; o 14.3 µs), the split-K sum
+in 64-bit fixed point (the same y in any order, but o 13.1 µs), and column slabs on words laid out
+slab by slab (within 1%).
 """
 
 from __future__ import annotations
