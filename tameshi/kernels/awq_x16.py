@@ -260,7 +260,8 @@ def x16_config(n: int, k: int, group: int) -> MatmulConfig:
 
 def x16_configs(k: int, group: int) -> list[MatmulConfig]:
     """The dp2a tiles worth timing at K = k (benchmarks/awq_x16.py sweeps them): 128, 256 or 512
-    columns, units of 64 or 128 (inside the group), 1-8 units a program, one or two loaded ahead."""
+    columns, units of 64 or 128 (inside the group), 1-8 units a program, one or (from two units a
+    program on) two loaded ahead."""
     out = []
     for block_n in (128, 256, 512):
         for block_k in (128, 64):
@@ -268,7 +269,7 @@ def x16_configs(k: int, group: int) -> list[MatmulConfig]:
                 continue
             units = k // block_k
             for per in (1, 2, 4, 8):
-                for depth in (1, 2) if per >= 4 else (1,):
+                for depth in (1, 2) if per >= 2 else (1,):
                     if units % per == 0:
                         out.append(MatmulConfig(
                             1, block_n, block_k, units // per, block_n // 128, 1, fixup=True, x16=True,
