@@ -159,6 +159,38 @@ def test_awq_errors(awq_dir, tmp_path):
         _load(bad)
 
 
+@pytest.mark.parametrize("corruption", ["qweight shape", "scales missing", "group not dividing K"])
+def test_corrupt_awq_checkpoint_gives_one_line_through_the_cli(awq_dir, tmp_path, capsys, corruption):
+    """Check 6's three corruptions, as `tameshi ask` meets them: a non-zero exit and one line on stderr
+    that names what is wrong, no traceback."""
+    from safetensors.torch import load_file
+
+    from tameshi.cli import main
+
+    folder, _ = awq_dir
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    tensors = load_file(folder / "model.safetensors")
+    name = "model.layers.1.self_attn.o_proj"
+    if corruption == "qweight shape":
+        tensors[name + ".qweight"] = tensors[name + ".qweight"][:, :-1].contiguous()
+        expect = name + ".qweight"
+    elif corruption == "scales missing":
+        del tensors[name + ".scales"]
+        expect = name + ".scales"
+    else:  # in_features 128 (hidden) is not a multiple of 96
+        (bad / "quant_config.json").write_text(
+            json.dumps({"zero_point": True, "q_group_size": 96, "w_bit": 4, "version": "GEMM"})
+        )
+        expect = "group size 96"
+    save_file(tensors, bad / "model.safetensors", metadata={"format": "pt"})
+    code = main(["ask", "Hello", "--model", str(bad), "-n", "2", "--greedy"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code != 0 and len(lines) == 1 and "Traceback" not in err, err
+    assert expect in lines[0], lines[0]
+
+
 FIXTURE = Path(__file__).parent / "fixtures" / "awq-tiny"  # made by real AutoAWQ 0.2.9: see its README
 
 
