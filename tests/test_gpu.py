@@ -205,6 +205,26 @@ def test_awq_kernel_variants_at_the_gate_up_shape(request, gate_up_67b, m, varia
     assert err < 2e-3, f"{cfg}: max error {err:.2e} of the largest output"
 
 
+@pytest.mark.parametrize("m", [1, 2, 4, 8, 16, 64])
+def test_default_awq_tiles_are_right_in_every_call(gate_up_67b, m):
+    """The tiles awq_matmul picks by default at the 67B gate_up shape, 100 calls on the same x: every
+    call within tolerance of the reference. The 16-row tile with the one-launch split-K sum (off by
+    default) was wrong in 25 of 100 calls at 4 rows; the default one-row and 8-row tiles use that sum,
+    so a race in it would show here as a call out of tolerance."""
+    from tameshi.kernels.awq_triton import awq_matmul
+
+    packs, w = gate_up_67b
+    packed = packs[True]  # the paired words AWQLinear keeps
+    x = torch.randn(m, 8192, device="cuda", generator=torch.Generator(device="cuda").manual_seed(m)).half()
+    ref = x.float() @ w
+    top = ref.abs().max().item()
+    errors = []
+    for _ in range(100):
+        errors.append(((awq_matmul(x, packed).float() - ref).abs().max() / top).item())
+    wrong = sum(e >= 2e-3 for e in errors)
+    assert wrong == 0, f"{m} rows: {wrong} of 100 calls out of tolerance (worst {max(errors):.2e})"
+
+
 def stream_subset(k: int) -> list:
     """A few of the streamed kernel's tiles (awq_gemv.stream_configs): each width and unit/depth once,
     at 2-4 units a program where K allows."""
