@@ -48,8 +48,9 @@ from tameshi.kernels.awq_triton import (
     invariant_config,
     kdequantize_reference,
     kpack,
+    split_k_scratch,
 )
-from tameshi.kernels.awq_x16 import quantize_x, x16_config, x16_configs
+from tameshi.kernels.awq_x16 import launch_x16, quantize_x, x16_config, x16_configs
 from tameshi.kernels.paged_attention import paged_decode_attention_x16
 from tameshi.loading.awq import AWQConfig
 from tameshi.model.linear import AWQLinear
@@ -107,6 +108,15 @@ def copy_bandwidth() -> float:
     return 2 * src.numel() / ms / 1e6  # GB/s: read + write
 
 
+def print_run_header() -> float:
+    """Measure the copy bandwidth and print the lines the one-row tries start with (device, versions,
+    that bandwidth); returns it, in GB/s."""
+    copy_gbs = copy_bandwidth()
+    print(f"{torch.cuda.get_device_name()}; torch {torch.__version__}, triton {triton.__version__}")
+    print(f"copy bandwidth {copy_gbs:.0f} GB/s (read + write of 1 GiB)\n")
+    return copy_gbs
+
+
 def weight_copies(k: int, n: int) -> int:
     """How many copies of a [K, N] 4-bit weight to rotate over: more than twice the 50 MB L2 together,
     so that no call finds its weight cached."""
@@ -119,9 +129,9 @@ def packed_bytes(packed) -> int:
 
 
 class OneRowCase:
-    """One shape of the one-row dp2a tries (awq_l2_prefetch.py, awq_slab.py): x with an outlier, as real
-    activations have, its fp32 product with the first weight copy, x quantized in blocks of 128, an
-    output row; and that table's rows."""
+    """One shape of the one-row dp2a tries (awq_l2_prefetch.py, awq_slab.py, awq_tma.py): x with an
+    outlier, as real activations have, its fp32 product with the first weight copy, x quantized in
+    blocks of 128, an output row; that table's rows; and the baseline they are set against."""
 
     HEADER = "| shape | kernel | registers | µs | % of copy | max error / max abs(y) |\n|---|---|---:|---:|---:|---:|"
 
@@ -142,6 +152,25 @@ class OneRowCase:
         e = "" if err is None else f"{err:.1e}"
         pct = 100 * self.weight / ms / 1e6 / self.copy_gbs
         print(f"| {self.name} | {label} | {regs} | {ms * 1000:.2f} | {pct:.0f}% | {e} |", flush=True)
+
+    def x16_baseline(self, packs: list, label: str, replays: int = 50):
+        """awq_x16 on x16_config's tile over the weight copies: a warm-up graph (the first graph of a
+        shape ran slower), y's error on the first copy, then its row; returns the timing, to run again."""
+        k, n = packs[0].shape
+        pick = x16_config(n, k, GROUP)
+        ws, counts = split_k_scratch(self.x.device, n, n // 16)
+
+        def timed() -> float:
+            calls = [
+                lambda p=p: launch_x16(self.x, p, pick, self.y, ws, counts, self.prepared) for p in packs
+            ]
+            return graph_ms(calls, replays)
+
+        timed()
+        launch_x16(self.x, packs[0], pick, self.y, ws, counts, self.prepared)
+        err = self.error()  # before the timing, whose replays leave the last weight copy's y
+        self.row(label, timed(), "", err)
+        return timed
 
 
 def random_awq(k: int, n: int):

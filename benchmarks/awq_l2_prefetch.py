@@ -19,11 +19,11 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from awq_kernels import GROUP, SHAPES, OneRowCase, copy_bandwidth, graph_ms, random_awq, weight_copies
+from awq_kernels import GROUP, SHAPES, OneRowCase, graph_ms, print_run_header, random_awq, weight_copies
 
 from tameshi.kernels.awq_gemv import stream_units
 from tameshi.kernels.awq_triton import _store_output, kpack, split_k_scratch
-from tameshi.kernels.awq_x16 import _unit_sums, launch_x16, x16_config
+from tameshi.kernels.awq_x16 import _unit_sums, x16_config
 
 _BULK = tl.constexpr("cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0;")
 _LINE = tl.constexpr("prefetch.global.L2::evict_last [$1]; mov.u32 $0, 0;")
@@ -103,9 +103,7 @@ def launch(
 
 
 def main() -> None:
-    copy_gbs = copy_bandwidth()
-    print(f"{torch.cuda.get_device_name()}; torch {torch.__version__}, triton {triton.__version__}")
-    print(f"copy bandwidth {copy_gbs:.0f} GB/s (read + write of 1 GiB)\n")
+    copy_gbs = print_run_header()
     print(OneRowCase.HEADER)
     for name, (k, n) in SHAPES.items():
         packs = [kpack(*random_awq(k, n), GROUP, paired=True) for _ in range(weight_copies(k, n))]
@@ -113,16 +111,8 @@ def main() -> None:
         x, prepared, y, row, error = case.x, case.prepared, case.y, case.row, case.error
         ws, counts = split_k_scratch(x.device, n, n // 128)
 
-        pick = x16_config(n, k, GROUP)
-        per = k // 128 // pick.split_k
-
-        def library(packs: list = packs) -> float:
-            return graph_ms([lambda p=p: launch_x16(x, p, pick, y, ws, counts, prepared) for p in packs], 30)
-
-        library()  # warm-up: the first graph of a shape ran slower
-        launch_x16(x, packs[0], pick, y, ws, counts, prepared)
-        err = error()
-        row(f"awq_x16 as x16_config picks ({per} units a program)", library(), "", err)
+        per = k // 128 // x16_config(n, k, GROUP).split_k
+        case.x16_baseline(packs, f"awq_x16 as x16_config picks ({per} units a program)", replays=30)
         tries = [dict(per=per), dict(per=per, pf=2), dict(per=per, pf=16), dict(per=per, pf=16, pfz=True),
                  dict(per=per, pf=16, lines=True), dict(per=per, pf=16, depth=2), dict(per=2 * per),
                  dict(per=2 * per, pf=2), dict(per=2 * per, pf=16), dict(per=per, nosum=True),

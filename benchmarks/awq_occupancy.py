@@ -113,11 +113,11 @@ def compile_only() -> None:
 def main() -> None:
     from awq_kernels import (
         SHAPES,
-        copy_bandwidth,
         graph_ms,
         layer_before,
         make_layer,
         packed_bytes,
+        print_run_header,
         random_awq,
         weight_copies,
     )
@@ -125,9 +125,7 @@ def main() -> None:
     from tameshi.kernels.awq_triton import kdequantize_reference, split_k_scratch
     from tameshi.kernels.awq_x16 import quantize_x
 
-    copy_gbs = copy_bandwidth()
-    print(f"{torch.cuda.get_device_name()}; torch {torch.__version__}, triton {triton.__version__}")
-    print(f"copy bandwidth {copy_gbs:.0f} GB/s (read + write of 1 GiB)\n")
+    copy_gbs = print_run_header()
     print("| shape | tile | registers | alone µs | added in a layer µs | max error / max abs(y) |")
     print("|---|---|---:|---:|---:|---:|")
     for name, (k, n) in SHAPES.items():

@@ -251,30 +251,19 @@ def compile_only() -> None:
 
 
 def main() -> None:
-    from awq_kernels import GROUP, SHAPES, OneRowCase, copy_bandwidth, graph_ms, weight_copies
+    from awq_kernels import GROUP, SHAPES, OneRowCase, graph_ms, print_run_header, weight_copies
     from awq_slab import random_pack
 
     from tameshi.kernels.awq_triton import split_k_scratch
-    from tameshi.kernels.awq_x16 import launch_x16, x16_config
 
-    copy_gbs = copy_bandwidth()
-    print(f"{torch.cuda.get_device_name()}; torch {torch.__version__}, triton {triton.__version__}")
-    print(f"copy bandwidth {copy_gbs:.0f} GB/s (read + write of 1 GiB)\n")
+    copy_gbs = print_run_header()
     print(OneRowCase.HEADER)
     for name, (k, n) in SHAPES.items():
         packs = [random_pack(k, n, GROUP, "cuda") for _ in range(weight_copies(k, n))]
         case = OneRowCase(name, packs, copy_gbs)
         x, prepared, y, row, error = case.x, case.prepared, case.y, case.row, case.error
         ws, counts = split_k_scratch(x.device, n, n // 16)
-        pick = x16_config(n, k, GROUP)
-
-        def split_k(packs: list = packs) -> float:
-            return graph_ms([lambda p=p: launch_x16(x, p, pick, y, ws, counts, prepared) for p in packs], 50)
-
-        split_k()  # warm-up
-        launch_x16(x, packs[0], pick, y, ws, counts, prepared)
-        err = error()  # before the timing, whose replays leave the last weight copy's y
-        row("awq_x16, split K (x16_config)", split_k(), "", err)
+        split_k = case.x16_baseline(packs, "awq_x16, split K (x16_config)")
         for tile in TILES:
             for loads_only in (False, True):
                 try:
