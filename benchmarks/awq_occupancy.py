@@ -72,13 +72,23 @@ def label(cfg: MatmulConfig, k: int, maxnreg) -> str:
     return f"{cfg.block_n} columns, {per} units a program, {cfg.depth} ahead{cap}"
 
 
+def resources(kernel) -> tuple[int, int]:
+    """A kernel compiled ahead (no GPU): its registers a thread and bytes of local memory (spills), by
+    the cuobjdump that ships with Triton."""
+    cubin_tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        usage = subprocess.run([cubin_tool, "-res-usage", f.name], capture_output=True, text=True).stdout
+    return int(re.search(r"REG:(\d+)", usage).group(1)), int(re.search(r"LOCAL:(\d+)", usage).group(1))
+
+
 def compile_only() -> None:
     """Each tile and cap at o compiled for sm_90: registers, local memory, programs an SM."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     k = n = 8192
-    cubin_tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     for cfg in tiles(k, n):
         for maxnreg in CAPS:
             consts = x16_constants(cfg, k, 128, True, n)
@@ -94,14 +104,7 @@ def compile_only() -> None:
                 target=GPUTarget("cuda", 90, 32),
                 options=options,
             )
-            with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-                f.write(kernel.asm["cubin"])
-                f.flush()
-                usage = subprocess.run(
-                    [cubin_tool, "-res-usage", f.name], capture_output=True, text=True
-                ).stdout
-            regs = int(re.search(r"REG:(\d+)", usage).group(1))
-            local = int(re.search(r"LOCAL:(\d+)", usage).group(1))
+            regs, local = resources(kernel)
             per_sm = min(32, 65536 // ((regs + 7) // 8 * 8 * 32 * cfg.num_warps))
             programs = triton.cdiv(n, cfg.block_n) * cfg.split_k
             print(
