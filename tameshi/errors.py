@@ -48,3 +48,8 @@ class JudgeError(TameshiError):
 
 class TensorParallelError(TameshiError):
     """A rank of a tensor-parallel model died or a collective failed: the model cannot run any more."""
+
+
+class ModelOutputError(TameshiError):
+    """The model's logits for a request came out NaN: corrupt weights, or an overflow in this dtype.
+    The request fails with this; the engine and the other requests go on."""

@@ -351,3 +351,50 @@ def test_fixed_chunks_cut_prompts_where_a_solo_run_does(llm):
     for seq_id, p in enumerate(ps):
         expected = [(s, min(budget, len(p) - s)) for s in range(0, len(p), budget)]
         assert chunks[seq_id] == expected, seq_id
+
+
+def test_nan_logits_fail_that_request_alone_with_a_clear_error(llm):
+    """A request whose logits come out NaN (here: the embedding gives NaN for a token its prompt holds,
+    as an overflow would) fails with ModelOutputError instead of decoding token 0 to an empty answer;
+    the others in its batch, which then reuse its freed KV blocks, equal their solo runs, and every
+    block comes back. (The table itself is left alone: tied to the head, a NaN row there would make
+    every request's logits NaN.)"""
+    import asyncio
+
+    from tameshi.engine.async_engine import AsyncEngine
+    from tameshi.errors import ModelOutputError
+
+    poison = 4321
+    ps = prompts(llm, 3, seed=11)
+    ps[1] = ps[1] + [poison]
+    solo = [[t for o in make_engine(llm).stream(p, greedy()) for t in o.token_ids] for p in (ps[0], ps[2])]
+
+    def overflow(module, args, out):
+        return out.masked_fill((args[0] == poison)[:, None], float("nan"))
+
+    hook = llm.loaded.model.embed_tokens.register_forward_hook(overflow)
+    try:
+        engine = make_engine(llm)
+        with pytest.raises(ModelOutputError, match="logits came out NaN"):
+            list(engine.stream(ps[1], greedy()))
+        assert engine.stats().kv_blocks_used == 0
+        async_engine = AsyncEngine(engine)
+        async_engine.start()
+        try:
+
+            async def consume(p):
+                try:
+                    return [t async for o in async_engine.generate(p, greedy()) for t in o.token_ids]
+                except ModelOutputError as e:
+                    return str(e)
+
+            async def main():
+                return await asyncio.gather(*(consume(p) for p in ps))
+
+            got = asyncio.run(main())
+            assert "NaN" in got[1] and [got[0], got[2]] == solo
+            assert async_engine.is_alive and engine.stats().kv_blocks_used == 0
+        finally:
+            async_engine.stop()
+    finally:
+        hook.remove()

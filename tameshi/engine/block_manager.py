@@ -117,6 +117,15 @@ class BlockManager:
             block.hash, block.token_ids = parent, tokens
             self.cached[parent] = block.block_id
 
+    def forget(self, seq: Sequence) -> None:
+        """Take the blocks `seq` computed itself out of the prefix cache (call before freeing it): its
+        K/V are not to be shared, e.g. NaN (Engine.step, ModelOutputError). Prefix hits stay cached."""
+        for block_id in seq.block_table[seq.num_cached_tokens // self.block_size :]:
+            block = self.blocks[block_id]
+            if block.hash is not None and self.cached.get(block.hash) == block_id:
+                del self.cached[block.hash]
+            block.hash, block.token_ids = None, ()
+
     def free_seq(self, seq: Sequence) -> None:
         for block_id in reversed(seq.block_table):  # the tail first: evicted before shared prefixes
             block = self.blocks[block_id]

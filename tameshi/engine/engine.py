@@ -22,6 +22,7 @@ from tameshi.engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
 from tameshi.engine.sequence import Sequence, StepOutput
 from tameshi.errors import (
     InvalidRequestError,
+    ModelOutputError,
     PromptTooLongError,
     TensorParallelError,
     UnsupportedModelError,
@@ -31,6 +32,10 @@ from tameshi.sampling_params import SamplingParams
 from tameshi.tokenizer import Tokenizer
 
 log = logging.getLogger("tameshi")
+_NAN_LOGITS = (
+    "the model's logits came out NaN: its weights may be corrupt, or its activations overflow in this "
+    "dtype (try --dtype bfloat16 or float32)"
+)
 
 
 @dataclass(frozen=True)
@@ -220,6 +225,10 @@ class Engine:
             self.blocks.commit(seq)
         outputs = []
         for seq, token, logprob in sampled:
+            if token < 0:  # ModelRunner.run: its logits held a NaN, and so may its K/V
+                self.blocks.forget(seq)
+                self._fail(seq, ModelOutputError(_NAN_LOGITS))
+                continue
             outputs.append((seq.seq_id, seq.append(token, logprob)))
             if seq.finished:
                 self.scheduler.finish(seq)
@@ -244,15 +253,14 @@ class Engine:
             if not kept.seqs:
                 raise exc
         for seq, error in failed:
-            log.error(
-                "request %d failed in a step (%s: %s); the others go on",
-                seq.seq_id,
-                type(error).__name__,
-                error,
-            )
-            self._failures.append((seq.seq_id, error))
-            self.scheduler.abort(seq.seq_id)  # frees its KV blocks
+            self._fail(seq, error)
         return kept, sampled
+
+    def _fail(self, seq: Sequence, error: Exception) -> None:
+        """Fail one request alone (take_failures hands it its error) and free its KV blocks."""
+        log.error("request %d failed in a step (%s: %s); the others go on", seq.seq_id, type(error).__name__, error)
+        self._failures.append((seq.seq_id, error))
+        self.scheduler.abort(seq.seq_id)
 
     def take_failures(self) -> list[tuple[int, Exception]]:
         """Requests that failed in a step since the last call, with their errors (they are aborted)."""

@@ -149,6 +149,12 @@ class PagedKVCache:
             paged_v = v_cache.view(-1, self.block_size, *v_cache.shape[1:])
             keys = paged_k[d.blocks].view(b, width * self.block_size, *k_cache.shape[1:]).transpose(1, 2)
             values = paged_v[d.blocks].view(b, width * self.block_size, *v_cache.shape[1:]).transpose(1, 2)
+            # Past a row's length sit other requests' slots (padding points at block 0) or a freed block's
+            # old values: masked, but SDPA adds the mask to the scores and weighs the values by 0, and
+            # NaN + -inf and 0 x NaN are NaN, so one request's NaN would reach the rows beside it. The
+            # Triton kernel does not load them at all.
+            gone = ~d.mask[:, :, 0, :, None]
+            keys, values = keys.masked_fill(gone, 0.0), values.masked_fill(gone, 0.0)
             o = F.scaled_dot_product_attention(qs, keys, values, attn_mask=d.mask, enable_gqa=gqa)[:, :, 0]
             if d.q_index is None:
                 return o

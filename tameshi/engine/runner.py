@@ -94,6 +94,9 @@ class ModelRunner:
             eos_ids=[tuple(s.stop_ids) for s in seqs],
         )
         logprobs = token_logprobs(logits, tokens, params)
+        # a row with a NaN logit (corrupt weights, an fp16 overflow) samples nonsense, greedy the id 0:
+        # marked -1 on the device, so that the check costs no extra sync (Engine.step fails it)
+        tokens = torch.where(torch.isnan(logits).any(dim=-1), -1, tokens)
         return list(zip(seqs, tokens.tolist(), logprobs, strict=True))
 
     def _decode_graph(self, seqs: list[Sequence], ids: list[int], positions: list[int]) -> torch.Tensor:
