@@ -164,3 +164,19 @@ def test_load_on_meta_then_stream(tiny_dir):
         layer.self_attn.qkv_proj.weight[:32], ref["model.layers.0.self_attn.q_proj.weight"]
     )
     torch.testing.assert_close(layer.mlp.down_proj.weight, ref["model.layers.0.mlp.down_proj.weight"])
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--device", "tpu"], "unknown device 'tpu'"),
+        (["--device", "meta"], "runs on cpu or cuda"),
+        (["--dtype", "int3"], "unknown dtype 'int3'"),
+        (["--tp", "0"], "tp must be a whole number"),
+    ]
+    + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "sees no CUDA GPU")]),
+)
+def test_bad_device_dtype_or_tp_is_one_line_not_an_internal_error(tiny_dir, capsys, flags, said):
+    assert main(["ask", "-m", str(tiny_dir), "Hi", "-n", "2", *flags]) == 1
+    err = capsys.readouterr().err
+    assert said in err and "internal error" not in err and "Traceback" not in err, err

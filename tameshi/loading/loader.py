@@ -41,7 +41,15 @@ class LoadedModel:
 def pick_device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InvalidRequestError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise InvalidRequestError(f"tameshi runs on cpu or cuda, not {dev.type!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidRequestError(f"device {device!r}, but this torch ({torch.__version__}) sees no CUDA GPU")
+    return dev
 
 
 def pick_dtype(dtype: str | torch.dtype | None, device: torch.device, config: ModelConfig) -> torch.dtype:
@@ -57,7 +65,7 @@ def pick_dtype(dtype: str | torch.dtype | None, device: torch.device, config: Mo
             "bf16": torch.bfloat16,
         }
         if dtype not in names:
-            raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}")
+            raise InvalidRequestError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}")
         return names[dtype]
     if device.type == "cpu":
         return torch.float32  # CPU half-precision matmuls are slow and inexact
@@ -77,6 +85,8 @@ def load_model(
     `tp` > 1: this process becomes one rank of a tensor-parallel model and loads only its shard
     (tameshi.parallel.launch: under torchrun it is the rank torchrun says; otherwise rank 0, and
     it starts the other ranks itself)."""
+    if not isinstance(tp, int) or tp < 1:
+        raise InvalidRequestError(f"tp must be a whole number of processes >= 1, got {tp!r}")
     if quantize not in (None, "int8", "int4"):
         raise InvalidRequestError(f"unknown run-time quantization {quantize!r}; choose int8 or int4")
     if tp > 1 and quantize is not None:
