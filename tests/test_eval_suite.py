@@ -122,3 +122,25 @@ def test_plan_and_batches() -> None:
     assert sum(map(len, groups)) == len(jobs) and max(map(len, groups)) <= 4
     for g in groups:  # a batch shares its token cap and repeat (so its seed)
         assert len({(j.max_new_tokens, j.repeat) for j in g}) == 1
+
+
+def test_a_selection_with_no_probe_is_refused_with_what_there_is():
+    """--only naming nothing in the suite, or languages none of the kept probes has: an error that
+    names the unknown selection or the languages there are, not an empty run saved as if it passed."""
+    import dataclasses
+
+    import pytest
+
+    from tameshi.errors import SuiteError
+    from tameshi.eval.runner import EvalConfig, plan
+    from tameshi.eval.suite import load_suite
+    from tameshi.sampling_params import SamplingParams
+
+    suite = load_suite("smoke")
+    with pytest.raises(SuiteError, match="no probe or category 'nosuchprobe' in suite 'smoke'"):
+        plan(suite, SamplingParams(), EvalConfig(only=("nosuchprobe",)))
+    first = suite.probes[0]
+    english = dataclasses.replace(suite, probes=(dataclasses.replace(first, prompt={"en": first.prompt["en"]}),))
+    with pytest.raises(SuiteError, match=r"selected here is in ja \(they are in en\)"):
+        plan(english, SamplingParams(), EvalConfig(langs=("ja",)))
+    assert plan(suite, SamplingParams(), EvalConfig())

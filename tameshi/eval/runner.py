@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import tameshi
+from tameshi.errors import SuiteError
 from tameshi.eval.checks import Answer, Verdict, hygiene_checks, run_check
 from tameshi.eval.judge import Judge, JudgeRequest, score
 from tameshi.eval.records import Record, RunHeader, RunWriter
@@ -56,7 +57,22 @@ def plan(suite: Suite, params: SamplingParams, config: EvalConfig) -> list[Job]:
             if lang in probe.langs:
                 n = min(probe.max_new_tokens or cap, cap)
                 jobs.extend(Job(probe, lang, r, n) for r in range(config.repeat))
+    if not jobs:  # an empty run would save and report nothing, and look like a pass
+        raise SuiteError(_nothing_to_run(suite, config))
     return jobs
+
+
+def _nothing_to_run(suite: Suite, config: EvalConfig) -> str:
+    names = {p.id for p in suite.probes} | set(suite.categories())
+    unknown = [name for name in config.only if name not in names]
+    if unknown:
+        return (
+            f"no probe or category {', '.join(map(repr, unknown))} in suite {suite.name!r}; "
+            f"its categories: {', '.join(suite.categories())}"
+        )
+    kept = [p for p in suite.probes if not config.only or p.id in config.only or p.category in config.only]
+    langs = sorted({lang for p in kept for lang in p.langs})
+    return f"no probe of suite {suite.name!r} selected here is in {'/'.join(config.langs)} (they are in {'/'.join(langs)})"
 
 
 def batches(jobs: list[Job], size: int) -> list[list[Job]]:
