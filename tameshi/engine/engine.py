@@ -257,8 +257,16 @@ class Engine:
         return kept, sampled
 
     def _fail(self, seq: Sequence, error: Exception) -> None:
-        """Fail one request alone (take_failures hands it its error) and free its KV blocks."""
-        log.error("request %d failed in a step (%s: %s); the others go on", seq.seq_id, type(error).__name__, error)
+        """Fail one request alone (take_failures hands it its error) and free its KV blocks. NaN logits
+        are the model's, said to the requester in full: logged below warning (a terminal shows it once)."""
+        level = logging.INFO if isinstance(error, ModelOutputError) else logging.ERROR
+        log.log(
+            level,
+            "request %d failed in a step (%s: %s); the others go on",
+            seq.seq_id,
+            type(error).__name__,
+            error,
+        )
         self._failures.append((seq.seq_id, error))
         self.scheduler.abort(seq.seq_id)
 
