@@ -2,6 +2,7 @@
 hostile files, and the cached conversion of the embedded default model."""
 
 import json
+import os
 import struct
 import time
 from pathlib import Path
@@ -393,10 +394,15 @@ def test_default_model_dir_converts_once(monkeypatch, tmp_path, tiny_gguf):
     assert first.parent == tmp_path / "cache" / "models" and first.name.startswith(default.DEFAULT_MODEL_NAME)
     assert default.default_model_dir(progress=False) == first
     assert len(calls) == 1
-    # A new package version (new file) gets a new folder.
+    # A reinstall (same bytes, new mtime: each venv's copy) shares the folder.
+    os.utime(tiny_gguf, ns=(1, 1))
+    assert default.default_model_dir(progress=False) == first and len(calls) == 1
+    # A new package version (new bytes) gets a new folder, and the old one is removed (500 MB each:
+    # keyed by mtime, twenty reinstalls had left 10 GB).
     write_tiny_gguf(tiny_gguf, weights=tiny_hf_weights(seed=1))
-    assert default.default_model_dir(progress=False) != first
-    assert len(calls) == 2
+    second = default.default_model_dir(progress=False)
+    assert second != first and len(calls) == 2
+    assert not first.exists() and default._is_complete(second)
 
 
 @pytest.mark.gpu

