@@ -257,6 +257,13 @@ def serve(
     max_concurrent: Annotated[
         int, typer.Option(help="Engine requests in flight before 429.")
     ] = _SERVE.max_concurrent,
+    allow_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="ORIGIN",
+            help="Let browser apps from ORIGIN call the server (CORS); repeatable, '*': any.",
+        ),
+    ] = None,
     max_model_len: Annotated[int | None, typer.Option(help="Context window (default: the model's).")] = None,
     batch_invariant: BatchInvariantOpt = False,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
@@ -281,7 +288,7 @@ def serve(
     config = ServerConfig(
         host=host, port=port, api_key=api_key, served_model_name=name_for(model, served_model_name),
         max_n=max_n, max_tokens=max_tokens, max_prompt_tokens=max_prompt_tokens, max_logprobs=max_logprobs,
-        max_body_bytes=max_body_bytes, max_concurrent=max_concurrent,
+        max_body_bytes=max_body_bytes, max_concurrent=max_concurrent, allow_origins=tuple(allow_origin or ()),
     )  # fmt: skip
     engine_config = EngineConfig(max_model_len=max_model_len, batch_invariant=batch_invariant)
     llm = LLM(model, device=device, dtype=dtype, quantize=quantize, engine_config=engine_config, tp=tp)

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
+import os
+import signal
+import socket
+import threading
 import time
 
 import pytest
@@ -17,6 +22,7 @@ openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
 from tameshi.engine.async_engine import AsyncEngine  # noqa: E402
+from tameshi.engine.sequence import StepOutput  # noqa: E402
 from tameshi.server.backend import ServedModel  # noqa: E402
 from tameshi.server.config import DEFAULT_SERVED_NAME, ServerConfig  # noqa: E402
 
@@ -231,6 +237,23 @@ def test_completion_logprobs_and_streamed_logprobs(client):
     assert streamed == lp.token_logprobs
 
 
+def test_completion_text_offset_counts_characters_of_the_text(client):
+    """Japanese characters take one or two tokens here: a token that completes none sits where its
+    character will start, streamed or not, and no offset runs past the text."""
+    kwargs = dict(model=MODEL, prompt="日本の首都は", max_tokens=10, temperature=0, logprobs=1)
+    r = client.completions.create(**kwargs)
+    text, offsets = r.choices[0].text, r.choices[0].logprobs.text_offset
+    assert len(offsets) == 10 and len(set(offsets)) < 10  # some token completed no character
+    assert offsets == sorted(offsets) and offsets[-1] <= len(text)
+    streamed, released = [], 0  # one token per chunk: it sits after the text released before it
+    for chunk in client.completions.create(stream=True, **kwargs):
+        if chunk.choices and chunk.choices[0].logprobs:
+            assert chunk.choices[0].logprobs.text_offset == [released]
+            streamed.append(released)
+            released += len(chunk.choices[0].text)
+    assert streamed == offsets
+
+
 def test_response_format_json_object_needs_json_in_the_prompt(client):
     with pytest.raises(openai.BadRequestError, match="JSON"):
         client.chat.completions.create(model=MODEL, messages=ASK, response_format={"type": "json_object"})
@@ -265,17 +288,34 @@ def test_extreme_but_valid_sampling_values_leave_the_engine_alive(http, server_l
     assert server_llm.async_engine.is_alive and http.get("/health").status_code == 200
 
 
-def test_too_many_requests_in_flight_get_429(serve, server_llm):
-    running = serve(ServerConfig(max_concurrent=2))
+@pytest.fixture(scope="module")
+def two_slots(serve):
+    """A server that runs at most two engine requests at once."""
+    return serve(ServerConfig(max_concurrent=2))
+
+
+def test_too_many_requests_in_flight_get_429_with_retry_after(two_slots, server_llm):
     long = {"messages": ASK, "max_tokens": 1500, "ignore_eos": True, "stream": True}
-    with httpx.Client(base_url=running.url, timeout=30) as c:
+    with httpx.Client(base_url=two_slots.url, timeout=30) as c:
         with c.stream("POST", "/v1/chat/completions", json={**long, "n": 2}) as r:
             lines = r.iter_lines()  # kept: dropping a half-read iterator closes the connection
             next(lines)  # the stream is open: both slots are taken
             busy = c.post("/v1/chat/completions", json=_chat())
             assert busy.status_code == 429 and busy.json()["error"]["code"] == "server_busy"
+            assert busy.headers["retry-after"] == "1"
         wait_for_idle(server_llm)
         assert c.post("/v1/chat/completions", json=_chat()).status_code == 200
+
+
+def test_more_choices_than_max_concurrent_is_a_400_not_a_429(two_slots):
+    """Such a request could never run, and the official client would retry a 429."""
+    asks = [("/v1/chat/completions", _chat(n=3)), ("/v1/completions", {"prompt": ["a", "b"], "n": 2})]
+    with httpx.Client(base_url=two_slots.url, timeout=30) as c:
+        for path, body in asks:
+            r = c.post(path, json=body)
+            error = r.json()["error"]
+            assert r.status_code == 400 and error["type"] == "invalid_request_error", r.text
+            assert error["param"] == "n" and "limit of 2" in error["message"]
 
 
 def test_dead_engine_gives_503_on_health_and_requests(serve, server_llm):
@@ -383,6 +423,64 @@ def test_api_key_guards_every_route_but_health(serve):
     assert right.completions.create(model=MODEL, prompt="Hi", max_tokens=2).usage.completion_tokens >= 1
 
 
+@pytest.fixture(scope="module")
+def keyed(serve):
+    """A server with an API key that lets one browser origin in."""
+    return serve(ServerConfig(api_key="sekrit", allow_origins=("http://app.example",)))
+
+
+def test_the_bearer_scheme_is_case_insensitive(keyed):
+    with httpx.Client(base_url=keyed.url, timeout=30) as c:
+        for scheme in ("bearer", "BEARER", "beaRer"):
+            assert c.get("/v1/models", headers={"Authorization": f"{scheme} sekrit"}).status_code == 200
+        for wrong in ("bearer wrong", "Basic sekrit", "bearersekrit"):
+            assert c.get("/v1/models", headers={"Authorization": wrong}).status_code == 401
+
+
+def test_metrics_name_the_route_of_form_bodies_and_401s(serve):
+    """Once counted as route="unmatched": a middleware's copy of the scope hid the router's route."""
+    running = serve(ServerConfig(api_key="sekrit"))
+    key = {"Authorization": "Bearer sekrit"}
+    body = json.dumps({"prompt": "Hi", "max_tokens": 2})
+    with httpx.Client(base_url=running.url, timeout=60) as c:
+        form = {**key, "Content-Type": "application/x-www-form-urlencoded"}  # what `curl -d` sends
+        assert c.post("/v1/completions", content=body, headers=form).status_code == 200
+        assert c.post("/v1/completions", content=body).status_code == 401
+        assert c.get(f"/v1/models/{MODEL}").status_code == 401
+        assert c.get("/no/such/route").status_code == 401
+        text = c.get("/metrics", headers=key).text
+    assert 'tameshi_requests_total{route="/v1/completions",code="200"} 1' in text
+    assert 'tameshi_requests_total{route="/v1/completions",code="401"} 1' in text
+    assert 'tameshi_requests_total{route="/v1/models/{model_id:path}",code="401"} 1' in text
+    assert 'tameshi_requests_total{route="unmatched",code="401"} 1' in text  # only the unknown path
+
+
+def test_cors_lets_an_allowed_origin_in_without_a_key_on_the_preflight(keyed, http, capsys):
+    origin = "http://app.example"
+    preflight = {"Origin": origin, "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization,content-type"}  # fmt: skip
+    with httpx.Client(base_url=keyed.url, timeout=60) as c:
+        r = c.options("/v1/chat/completions", headers=preflight)
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == origin
+        assert "POST" in r.headers["access-control-allow-methods"]
+        assert "authorization" in r.headers["access-control-allow-headers"]
+        r = c.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2},
+                   headers={"Origin": origin, "Authorization": "Bearer sekrit"})  # fmt: skip
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == origin
+        r = c.get("/v1/models", headers={"Origin": origin})  # the app can read why it was refused
+        assert r.status_code == 401 and r.headers["access-control-allow-origin"] == origin
+        r = c.options("/v1/chat/completions", headers={**preflight, "Origin": "http://other.example"})
+        assert "access-control-allow-origin" not in r.headers
+    r = http.options("/v1/chat/completions", headers=preflight)  # not asked for: no CORS at all
+    assert r.status_code == 405 and "access-control-allow-origin" not in r.headers
+
+    from tameshi.cli import main
+
+    # the option reaches ServerConfig, which refuses an origin no browser sends (before any model loads)
+    assert main(["serve", "--allow-origin", "*", "--allow-origin", "localhost:3000"]) == 1
+    assert "allow_origins takes '*' or an origin" in capsys.readouterr().err
+
+
 # -- check 3: bad input, each a 4xx OpenAI error object ------------------------------------------------
 def _chat(**fields) -> dict:
     return {"model": MODEL, "messages": ASK, "max_tokens": 4, **fields}
@@ -429,7 +527,8 @@ BAD_REQUESTS = [
     ("prompts x n", "/v1/completions", {"prompt": ["a"] * 5, "n": 2, "max_tokens": 2}, 400, "n"),
     ("logprobs 99", "/v1/completions", {"prompt": "a", "logprobs": 99, "max_tokens": 2}, 400, "logprobs"),
     ("echo", "/v1/completions", {"prompt": "a", "echo": True, "max_tokens": 2}, 400, "echo"),
-    ("prompt of ids over the context", "/v1/completions", {"prompt": [5] * 3000, "max_tokens": 2}, 400, "messages"),
+    ("prompt of ids over the context", "/v1/completions", {"prompt": [5] * 3000, "max_tokens": 2}, 400, "prompt"),
+    ("prompt over the context", "/v1/completions", {"prompt": "hello " * 2100, "max_tokens": 2}, 400, "prompt"),
 ]  # fmt: skip
 
 
@@ -507,3 +606,101 @@ def test_serve_forever_on_a_taken_port_is_one_error_not_a_hang():
         with pytest.raises(TameshiError, match=f"without serving on 127.0.0.1:{port}"):
             serve_forever(FastAPI(), engine, "127.0.0.1", port, log_level="critical")
     assert not engine.is_alive
+
+
+class _EndlessEngine:
+    """An Engine whose requests never finish on their own: one token per step until aborted."""
+
+    def __init__(self, token_id: int, stats) -> None:
+        self.token_id, self._stats = token_id, stats
+        self.live: set[int] = set()
+        self._ids = itertools.count()
+
+    def add_request(self, prompt_ids, params) -> int:
+        self.live.add(request := next(self._ids))
+        return request
+
+    def step(self) -> list:
+        time.sleep(0.01)
+        return [(i, StepOutput("a", [self.token_id])) for i in self.live]
+
+    def has_unfinished(self) -> bool:
+        return bool(self.live)
+
+    def abort(self, request: int) -> None:
+        self.live.discard(request)
+
+    def take_failures(self) -> list:
+        return []
+
+    def stats(self):
+        return self._stats
+
+
+def test_one_sigterm_fails_what_outlives_the_drain_through_the_engine(server_llm, capfd):
+    """What still runs when the drain ends gets the engine's 503 (streamed: an error event, then
+    [DONE]), before uvicorn's own window would cut it (a bare 500, a cut stream, a traceback)."""
+    from tameshi.server.app import create_app
+    from tameshi.server.launch import serve_forever
+
+    token = server_llm.tokenizer.encode("a", add_special_tokens=False)[0]
+    engine = AsyncEngine(_EndlessEngine(token, server_llm.engine.stats()))  # type: ignore[arg-type]
+    app = create_app(dataclasses.replace(ServedModel.from_llm(server_llm, MODEL), engine=engine))
+    with socket.socket() as s:  # serve_forever takes a port: one the OS just found free
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    body = {"prompt": "Hi", "max_tokens": 100}
+    answers: dict = {}
+
+    def plain() -> None:
+        answers["plain"] = httpx.post(f"{url}/v1/completions", json=body, timeout=30)
+
+    def streamed() -> None:
+        with httpx.stream("POST", f"{url}/v1/completions", json={**body, "stream": True}, timeout=30) as r:
+            answers["streamed"] = [line for line in r.iter_lines() if line]
+
+    def clients() -> None:
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                with contextlib.suppress(httpx.TransportError):
+                    if httpx.get(f"{url}/health").status_code == 200:
+                        break
+                time.sleep(0.05)
+            both = [threading.Thread(target=plain), threading.Thread(target=streamed)]
+            for t in both:
+                t.start()
+            while app.state.metrics.running < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)  # once: a drain, not a stop
+        for t in both:
+            t.join(timeout=30)
+
+    helper = threading.Thread(target=clients, daemon=True)
+    helper.start()
+    began = time.monotonic()
+    serve_forever(app, engine, "127.0.0.1", port, log_level="error", drain_s=0.5)
+    helper.join(timeout=30)
+    assert time.monotonic() - began < 5 and not engine.is_alive  # the drain ended it, not uvicorn
+    plain_answer = answers["plain"]
+    assert plain_answer.status_code == 503, plain_answer.text
+    assert plain_answer.json()["error"]["code"] == "engine_dead"
+    *tokens, failed, done = answers["streamed"]
+    assert tokens and done == "data: [DONE]"
+    assert json.loads(failed[len("data: ") :])["error"]["code"] == "engine_dead"
+    logged = capfd.readouterr().err
+    assert "Traceback" not in logged and "graceful shutdown exceeded" not in logged, logged
+
+
+def test_nan_logits_are_the_servers_500_not_the_requests_400():
+    """ModelOutputError (the model's logits came out NaN) is the model's fault: a 500 server_error in
+    OpenAI's shape, where other TameshiErrors (bad input) are 400s."""
+    from tameshi.errors import InvalidRequestError, ModelOutputError
+    from tameshi.server.errors import from_exception
+
+    err = from_exception(ModelOutputError("the model's logits came out NaN"))
+    assert err.status == 500 and err.body()["error"]["type"] == "server_error"
+    assert "NaN" in err.body()["error"]["message"]
+    assert from_exception(InvalidRequestError("bad")).status == 400

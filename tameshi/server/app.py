@@ -1,9 +1,9 @@
 """The FastAPI app: OpenAI's routes over one served model, plus /health and /metrics.
 
-A request passes: API key (auth.py) -> body size (body_limit.py) -> read as JSON (json_body.py) ->
-schema (schemas.py) -> server limits (params.py) -> prompt encoding, off the event loop (the template
-sandbox may take up to its deadline) -> context check -> admission -> the engine (generation.py) ->
-JSON or SSE.
+A request passes: CORS (with allow_origins only) -> API key (auth.py) -> body size (body_limit.py) ->
+read as JSON (json_body.py) -> schema (schemas.py) -> server limits (params.py) -> prompt encoding, off
+the event loop (the template sandbox may take up to its deadline) -> context check -> admission -> the
+engine (generation.py) -> JSON or SSE.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 
 from tameshi.server import params as P
@@ -109,10 +110,11 @@ def create_app(model: LLM | ServedModel, config: ServerConfig | None = None) -> 
         prompt_tokens = sum(len(p) for p in ids)
         if body.stream:
             include = bool(body.stream_options and body.stream_options.include_usage)
-            events = completion_events(env, served, run, prompt_tokens, include, metrics, started)
+            skip = body.skip_special_tokens
+            events = completion_events(env, served, run, prompt_tokens, skip, include, metrics, started)
             return SSEResponse(events, run.close)
         results = await _until_disconnect(request, run, len(choices), started)
-        return _json(text_completion(env, served, results, prompt_tokens))
+        return _json(text_completion(env, served, results, prompt_tokens, body.skip_special_tokens))
 
     def _choices(
         body: ChatCompletionRequest | CompletionRequest,
@@ -122,9 +124,10 @@ def create_app(model: LLM | ServedModel, config: ServerConfig | None = None) -> 
     ) -> list[Choice]:
         asked = P.requested_max_tokens(body, config)
         per_choice = P.sampling_params(body, served.generation_config, P.logprobs_asked(body, config), body.n)
+        prompt_param = "messages" if isinstance(body, ChatCompletionRequest) else "prompt"
         choices = []
         for p, ids in enumerate(prompts):
-            new = P.fit_context(len(ids), asked, default_max, served.max_model_len, config)
+            new = P.fit_context(len(ids), asked, default_max, served.max_model_len, config, prompt_param)
             for i, sp in enumerate(per_choice):
                 choices.append(Choice(p * body.n + i, ids, _with_max(sp, new), strip))
         return choices
@@ -165,7 +168,13 @@ def create_app(model: LLM | ServedModel, config: ServerConfig | None = None) -> 
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
     if config.api_key is not None:
         app.add_middleware(APIKeyMiddleware, api_key=config.api_key)
-    app.add_middleware(RequestCounter, metrics=metrics)
+    if config.allow_origins:
+        # outside the key: a browser's preflight (OPTIONS) carries none, and a 401 must still be readable
+        app.add_middleware(
+            CORSMiddleware, allow_origins=list(config.allow_origins), allow_methods=["GET", "POST"],
+            allow_headers=["*"], expose_headers=["Retry-After"],
+        )  # fmt: skip
+    app.add_middleware(RequestCounter, metrics=metrics, routes=app.routes)
     return app
 
 

@@ -19,15 +19,16 @@ OPEN_PATHS = frozenset({"/health"})
 class APIKeyMiddleware:
     def __init__(self, app: ASGIApp, api_key: str) -> None:
         self.app = app
-        self._expected = f"Bearer {api_key}".encode()
+        self._key = api_key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
-        given = dict(scope["headers"]).get(b"authorization", b"")
-        # compare_digest: the time taken must not tell an attacker how much of the key was right
-        if hmac.compare_digest(given, self._expected):
+        scheme, _, given = dict(scope["headers"]).get(b"authorization", b"").partition(b" ")
+        # the scheme's case does not matter (RFC 7235 §2.1); compare_digest: the time taken must not
+        # tell an attacker how much of the key was right
+        if scheme.lower() == b"bearer" and hmac.compare_digest(given.lstrip(b" "), self._key):
             await self.app(scope, receive, send)
             return
         err = APIError(

@@ -27,6 +27,7 @@ class ServerConfig:
     max_logprobs: int = 20  # top_logprobs (chat) / logprobs (completions)
     max_body_bytes: int = 4 * 2**20  # request bodies past this get 413 before any parsing
     max_concurrent: int = 512  # engine requests in flight (choices, not HTTP requests); past it: 429
+    allow_origins: tuple[str, ...] = ()  # browser origins allowed by CORS ("*": any); none: no CORS headers
 
     def __post_init__(self) -> None:
         for name in ("max_n", "max_tokens", "max_stop_chars", "max_body_bytes", "max_concurrent"):
@@ -39,6 +40,12 @@ class ServerConfig:
             raise InvalidRequestError(f"max_prompt_tokens must be at least 1, got {self.max_prompt_tokens}.")
         if not 0 <= self.port <= 65535:
             raise InvalidRequestError(f"port must lie in 0..65535, got {self.port}.")
+        for origin in self.allow_origins:
+            # a browser sends scheme://host[:port], never a trailing slash: anything else never matches
+            if origin != "*" and ("://" not in origin or origin.endswith("/")):
+                raise InvalidRequestError(
+                    f"allow_origins takes '*' or an origin such as http://localhost:3000, got {origin!r}."
+                )
         if self.api_key is not None and not self.api_key.strip():
             raise InvalidRequestError("api_key must not be empty; leave it unset to serve without one.")
 

@@ -12,7 +12,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from tameshi.engine.async_engine import EngineDeadError
-from tameshi.errors import TameshiError
+from tameshi.errors import ModelOutputError, TameshiError
 
 if TYPE_CHECKING:
     from fastapi import FastAPI, Request
@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("tameshi.server")
 
 _TYPES = {429: "rate_limit_error", 503: "server_unavailable"}
+# A 429 here means the server is busy, not that a client spent a quota: a slot frees up within
+# moments, and the official client waits this long before its retry.
+RETRY_AFTER_S = 1
 
 
 class APIError(Exception):
@@ -53,6 +56,8 @@ def from_exception(exc: BaseException) -> APIError:
         return exc
     if isinstance(exc, EngineDeadError):
         return APIError(503, f"The engine is not running: {exc}", code="engine_dead")
+    if isinstance(exc, ModelOutputError):  # the model's fault (NaN logits), not the request's
+        return APIError(500, f"The model failed on this request: {exc}", code="model_output_nan")
     # InvalidRequestError, TemplateError, PromptTooLongError: the input's fault
     if isinstance(exc, TameshiError):
         return APIError(400, str(exc))
@@ -68,6 +73,8 @@ def from_exception(exc: BaseException) -> APIError:
 def error_response(err: APIError, headers: dict[str, str] | None = None) -> Response:
     from starlette.responses import Response
 
+    if err.status == 429:
+        headers = {"Retry-After": str(RETRY_AFTER_S), **(headers or {})}
     return Response(err.encode(), status_code=err.status, media_type="application/json", headers=headers)
 
 

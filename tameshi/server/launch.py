@@ -20,26 +20,37 @@ if TYPE_CHECKING:
 
 # Header bytes per request; uvicorn's default is 16 KiB already, stated here so that it is a decision.
 MAX_HEADER_BYTES = 16 * 1024
+# Seconds open requests get to finish after Ctrl-C / SIGTERM; then the engine stops and fails the rest
+# (503, or an error event and [DONE]). uvicorn's own window is longer, since past it uvicorn cancels
+# them: a bare 500, a cut stream and a traceback each.
+DRAIN_S = 5.0
+# The engine sees the stop only after the step in flight, which took up to 3 s on a loaded 2-core CPU;
+# the wait costs nothing unless a connection is stuck, as uvicorn ends once the last one closes.
+_GRACE_AFTER_DRAIN_S = 5.0
 
 
-def _config(app: FastAPI, host: str, port: int, log_level: str) -> uvicorn.Config:
+def _config(app: FastAPI, host: str, port: int, log_level: str, drain_s: float = DRAIN_S) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         host=host,
         port=port,
         log_level=log_level,
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,
-        timeout_graceful_shutdown=5,  # streams still open at Ctrl-C are cut after this
+        timeout_graceful_shutdown=drain_s + _GRACE_AFTER_DRAIN_S,  # type: ignore[arg-type]
     )
 
 
-def serve_forever(app: FastAPI, engine: AsyncEngine, host: str, port: int, log_level: str = "info") -> None:
+def serve_forever(
+    app: FastAPI, engine: AsyncEngine, host: str, port: int, log_level: str = "info", drain_s: float = DRAIN_S
+) -> None:
     """uvicorn on a thread of its own, the engine on this one (AsyncEngine.run_here says why).
 
-    Ctrl-C or SIGTERM stops gracefully: uvicorn takes no new requests and gives open ones up to
-    `timeout_graceful_shutdown` to finish while the engine keeps stepping them; then the engine
-    stops. A second Ctrl-C stops at once. A server that cannot listen is one TameshiError."""
-    server = uvicorn.Server(_config(app, host, port, log_level))
+    Ctrl-C or SIGTERM stops gracefully: uvicorn takes no new requests and gives open ones `drain_s`
+    to finish while the engine keeps stepping them; then the engine stops, failing what still runs
+    as a second Ctrl-C does at once. A server that cannot listen is one TameshiError."""
+    server = uvicorn.Server(_config(app, host, port, log_level, drain_s))
+    deadline = threading.Timer(drain_s, engine.stop)
+    deadline.daemon = True
 
     def http() -> None:
         try:
@@ -53,6 +64,7 @@ def serve_forever(app: FastAPI, engine: AsyncEngine, host: str, port: int, log_l
         if server.should_exit:
             raise KeyboardInterrupt  # asked twice: now
         server.should_exit = True
+        deadline.start()
 
     thread = threading.Thread(target=http, name="tameshi-http", daemon=True)
     previous = {sig: signal.signal(sig, drain) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -61,6 +73,7 @@ def serve_forever(app: FastAPI, engine: AsyncEngine, host: str, port: int, log_l
     except KeyboardInterrupt:
         pass
     finally:
+        deadline.cancel()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         server.should_exit = True

@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -90,11 +91,17 @@ def _escape(text: str) -> str:
 
 
 class RequestCounter:
-    """ASGI middleware counting requests by matched route and response status."""
+    """ASGI middleware counting requests by route and response status.
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    The route is matched here, against the app's own routes, rather than read from what the router
+    leaves in the scope: a middleware that copies the scope (JSONBodyMiddleware) hides that, and one
+    that answers first (the API key, the body limit) never reaches the router. Raw paths would let a
+    client grow the table without bound, so what matches no route is "unmatched"."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, routes: list[BaseRoute]) -> None:
         self.app = app
         self.metrics = metrics
+        self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -111,7 +118,11 @@ class RequestCounter:
         try:
             await self.app(scope, receive, watch)
         finally:
-            # FastAPI's router leaves the matched route in the scope; raw paths would let a client
-            # grow this table without bound
-            route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests[(route, status or 499)] += 1
+            self.metrics.requests[(self._route(scope), status or 499)] += 1
+
+    def _route(self, scope: Scope) -> str:
+        for route in self.routes:
+            # PARTIAL: the path matched but not the method (405), still that route's request
+            if route.matches(scope)[0] is not Match.NONE:
+                return getattr(route, "path", "unmatched")
+        return "unmatched"

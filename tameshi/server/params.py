@@ -31,6 +31,11 @@ def check_request(req: _Sampling, config: ServerConfig, served_name: str, choice
         )  # fmt: skip
     if req.n > config.max_n or choices > config.max_n:
         raise _bad(f"n (times the number of prompts) must be at most {config.max_n}, got {choices}.", "n")
+    if choices > config.max_concurrent:  # a 429 here could never succeed, and clients retry a 429
+        raise _bad(
+            f"n (times the number of prompts) is {choices}, more than this server's limit of "
+            f"{config.max_concurrent} requests in flight (max_concurrent), so it could never run.", "n",
+        )  # fmt: skip
     stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     if len(stops) > config.max_stop:
         raise _bad(f"stop may hold at most {config.max_stop} sequences, got {len(stops)}.", "stop")
@@ -96,9 +101,11 @@ def logprobs_asked(req: _Sampling, config: ServerConfig) -> int | None:
 
 
 def fit_context(
-    prompt_len: int, asked: int | None, default: int, max_model_len: int, config: ServerConfig
-) -> int:
-    """New tokens for a prompt: the ask if it fits the context window, else a 400 with the numbers."""
+    prompt_len: int, asked: int | None, default: int, max_model_len: int, config: ServerConfig,
+    prompt_param: str,
+) -> int:  # fmt: skip
+    """New tokens for a prompt: the ask if it fits the context window, else a 400 with the numbers;
+    `prompt_param` is the field that held the prompt ("messages" or "prompt")."""
     window = (
         max_model_len
         if config.max_prompt_tokens is None
@@ -108,7 +115,7 @@ def fit_context(
         raise _bad(
             f"This model's maximum context length is {max_model_len} tokens and this server takes "
             f"prompts of at most {window - 1} tokens. However, your prompt has {prompt_len} tokens. "
-            "Please reduce the length of the prompt.", "messages", "context_length_exceeded",
+            "Please reduce the length of the prompt.", prompt_param, "context_length_exceeded",
         )  # fmt: skip
     room = max_model_len - prompt_len
     if asked is None:

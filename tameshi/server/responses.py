@@ -6,6 +6,7 @@ dict plus json.dumps costs a fraction of a model's validation and dump.
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import secrets
@@ -73,21 +74,36 @@ def chat_logprobs(model: ServedModel, logprobs: list[TokenLogprob] | None) -> di
     return {"content": content, "refusal": None}
 
 
+class TextOffsets:
+    """logprobs' text_offset, token by token, for one choice: the characters that the tokens before it
+    spell. Counted over their joined bytes, so a token that completes no character sits where its
+    character will start, and text a stream holds back (for a stop string) moves no offset."""
+
+    def __init__(self, model: ServedModel, skip_special_tokens: bool) -> None:
+        self._model, self._skip_special = model, skip_special_tokens
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._chars = 0
+
+    def next(self, token_id: int) -> int:
+        offset = self._chars
+        if not (self._skip_special and token_id in self._model.tokenizer.special_ids):  # not in the text
+            self._chars += len(self._decoder.decode(self._model.token_bytes(token_id)))
+        return offset
+
+
 def completion_logprobs(
-    model: ServedModel, logprobs: list[TokenLogprob] | None, offset: int = 0
+    model: ServedModel, logprobs: list[TokenLogprob] | None, offsets: TextOffsets
 ) -> dict[str, Any] | None:
-    """The legacy endpoint's shape; text_offset counts characters from the start of the completion."""
+    """The legacy endpoint's shape; the streamed and the whole answer share `offsets` (one per choice)."""
     if logprobs is None:
         return None
-    tokens, values, tops, offsets = [], [], [], []
+    tokens, values, tops, text_offset = [], [], [], []
     for lp in logprobs:
-        text = _text(model.token_bytes(lp.token_id))
-        tokens.append(text)
+        tokens.append(_text(model.token_bytes(lp.token_id)))
         values.append(_finite(lp.logprob))
         tops.append({_text(model.token_bytes(t)): _finite(v) for t, v in lp.top})
-        offsets.append(offset)
-        offset += len(text)
-    return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
+        text_offset.append(offsets.next(lp.token_id))
+    return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": text_offset}
 
 
 def chat_completion(
@@ -107,13 +123,14 @@ def chat_completion(
 
 
 def text_completion(
-    env: Envelope, model: ServedModel, results: list[ChoiceResult], prompt_tokens: int
-) -> dict[str, Any]:
+    env: Envelope, model: ServedModel, results: list[ChoiceResult], prompt_tokens: int,
+    skip_special_tokens: bool,
+) -> dict[str, Any]:  # fmt: skip
     choices = [
         {
             "index": r.index,
             "text": r.text,
-            "logprobs": completion_logprobs(model, r.logprobs),
+            "logprobs": completion_logprobs(model, r.logprobs, TextOffsets(model, skip_special_tokens)),
             "finish_reason": r.finish_reason,
         }
         for r in results

@@ -21,7 +21,14 @@ from tameshi.server.backend import ServedModel
 from tameshi.server.errors import from_exception
 from tameshi.server.generation import ChoiceDelta, ChoiceRun
 from tameshi.server.metrics import Metrics
-from tameshi.server.responses import Envelope, chat_logprobs, completion_logprobs, dumps, usage
+from tameshi.server.responses import (
+    Envelope,
+    TextOffsets,
+    chat_logprobs,
+    completion_logprobs,
+    dumps,
+    usage,
+)
 
 DONE = b"data: [DONE]\n\n"
 
@@ -122,18 +129,19 @@ def chat_events(
 
 
 def completion_events(
-    env: Envelope, model: ServedModel, run: ChoiceRun, prompt_tokens: int,
+    env: Envelope, model: ServedModel, run: ChoiceRun, prompt_tokens: int, skip_special_tokens: bool,
     include_usage: bool, metrics: Metrics, started: float,
 ) -> AsyncIterator[bytes]:  # fmt: skip
     extra: dict[str, Any] = {"usage": None} if include_usage else {}
     head = env.head(chunk=True)
-    offsets: dict[int, int] = {}  # characters streamed so far per choice, for logprobs' text_offset
+    offsets: dict[int, TextOffsets] = {}  # per choice
 
     def chunks(d: ChoiceDelta) -> list[dict[str, Any]]:
         if not (d.text or d.logprobs or d.finish_reason):
             return []
-        logprobs = completion_logprobs(model, d.logprobs, offsets.get(d.index, 0))
-        offsets[d.index] = offsets.get(d.index, 0) + len(d.text)
+        if d.index not in offsets:
+            offsets[d.index] = TextOffsets(model, skip_special_tokens)
+        logprobs = completion_logprobs(model, d.logprobs, offsets[d.index])
         choice = {"index": d.index, "text": d.text, "logprobs": logprobs, "finish_reason": d.finish_reason}
         return [{**head, "choices": [choice], **extra}]
 
