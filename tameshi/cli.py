@@ -14,16 +14,37 @@ from rich.console import Console
 from rich.text import Text
 
 from tameshi.errors import TameshiError
-from tameshi.sampling_params import NOTEBOOK_PRESET, SamplingParams
+from tameshi.sampling_params import NOTEBOOK_PRESET, SamplingParams, asks_to_sample
 from tameshi.server.config import ServerConfig
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Try a new open chat LLM: ask it, chat with it, probe it, inspect it. No --model: the embedded default.",
 )
 # soft_wrap: an error stays one line however narrow the terminal
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from tameshi import __version__
+
+        print(f"tameshi {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    pass  # the options every command shares sit on their commands; this holds --version only
+
+
 PRESETS = {"notebook": NOTEBOOK_PRESET}
 # logprobs is an output the API returns, not a way to sample: a terminal answer has nowhere to show it
 NOT_FLAGS = frozenset({"logprobs"})
@@ -61,7 +82,13 @@ MaxNewOpt = Annotated[int | None, typer.Option("--max-new-tokens", "-n", help="M
 MinNewOpt = Annotated[
     int | None, typer.Option("--min-new-tokens", help="Hold EOS back until this many tokens.")
 ]
-SampleOpt = Annotated[bool | None, typer.Option("--do-sample/--greedy", help="Sample, or take the argmax.")]
+SampleOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--do-sample/--greedy",
+        help="Sample, or take the argmax. Default: the model's; --temperature, --top-p, --top-k or --min-p turn sampling on.",
+    ),
+]
 TempOpt = Annotated[float | None, typer.Option("--temperature", "-t")]
 TopPOpt = Annotated[float | None, typer.Option("--top-p")]
 TopKOpt = Annotated[int | None, typer.Option("--top-k")]
@@ -91,7 +118,8 @@ def _params(options: dict[str, Any]) -> SamplingParams:
         value = options.get(name)
         if value is not None and value != []:
             base[name] = value
-    return SamplingParams(**base)
+    params = SamplingParams(**base)
+    return dataclasses.replace(params, do_sample=True) if asks_to_sample(params) else params
 
 
 def _load(model: str | None, device: str | None, dtype: str | None, quantize: str | None, tp: int = 1):
@@ -510,7 +538,7 @@ def eval_(
 
     from tameshi.eval.judge import make_judge
     from tameshi.eval.report import write_report
-    from tameshi.eval.runner import EvalConfig, model_label, run_eval
+    from tameshi.eval.runner import EvalConfig, model_label, plan, run_eval
     from tameshi.eval.suite import LANGS, load_suite
 
     params = _params(locals())
@@ -521,6 +549,7 @@ def eval_(
         raise typer.BadParameter("--repeat and --batch-size must be at least 1")
     probes = load_suite(suite)  # a bad suite file fails before any model loads
     config = EvalConfig(langs, repeat, batch_size, tuple(only or ()), preset)
+    plan(probes, params, config)  # so is a selection with no probe in it
     grader = make_judge(judge, judge_model, device) if judge else None
     paths = []
     for name in model or [None]:
@@ -577,24 +606,33 @@ def _print_markdown(text: str, plain: bool) -> None:
     Console().print(Markdown(text))
 
 
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """Click's usage errors, and typer's own copy of them (typer 0.29 vendors click as typer._click,
+    whose exceptions are not click's): both print click's usage line and a one-line error."""
+    import click
+
+    return (click.ClickException, getattr(typer, "TyperException", click.ClickException))
+
+
 def main(argv: list[str] | None = None) -> int:
     import click
 
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
     try:
-        app(args=argv, prog_name="tameshi", standalone_mode=False)
+        # standalone_mode=False: an Exit (typer's, for Ctrl-C too) comes back as the return value
+        code = app(args=argv, prog_name="tameshi", standalone_mode=False)
     except TameshiError as e:
         if debug:
             err.print_exception()
         err.print(Text.assemble(("error: ", "red"), str(e)))
         return 1
-    except click.ClickException as e:
-        e.show()
-        return e.exit_code
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, click.exceptions.Abort, typer.Abort):
         err.print("interrupted")
         return 130
+    except _usage_errors() as e:
+        e.show()
+        return e.exit_code
     except Exception as e:  # a bug, not bad input: still one line unless asked for more
         if debug:
             err.print_exception()
@@ -602,4 +640,6 @@ def main(argv: list[str] | None = None) -> int:
             msg = f"{type(e).__name__}: {e} (run with --debug for the traceback)"
             err.print(Text.assemble(("internal error: ", "red"), msg))
         return 2
-    return 0
+    if code == 130:
+        err.print("interrupted")
+    return code if isinstance(code, int) else 0

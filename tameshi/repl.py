@@ -10,12 +10,23 @@ from rich.console import Console
 
 from tameshi.api import LLM
 from tameshi.errors import TameshiError
-from tameshi.sampling_params import SamplingParams
+from tameshi.sampling_params import SAMPLING_KNOBS, SamplingParams
 
 HELP = (
     "/reset  forget the conversation   /system TEXT  set the system prompt (empty: none)\n"
-    "/set PARAM VALUE  change sampling (e.g. /set temperature 0.2)   /params  show them   /exit"
+    "/set PARAM VALUE  change sampling (e.g. /set temperature 0.2; /set stop A|B; none: unset)\n"
+    "/params  show them   /exit"
 )
+_BOOLS = {
+    "true": True,
+    "1": True,
+    "yes": True,
+    "on": True,
+    "false": False,
+    "0": False,
+    "no": False,
+    "off": False,
+}
 
 
 class ChatSession:
@@ -73,13 +84,18 @@ class ChatSession:
         if key not in fields:
             self.console.print(f"[red]unknown parameter {key!r}[/]; one of: {', '.join(fields)}")
             return
+        changes = {}
         try:
-            value = _parse(raw.strip(), type(getattr(self.params, key)))
-            self.params = dataclasses.replace(self.params, **{key: value})
+            changes[key] = _parse(raw.strip(), str(fields[key].type))
+            # a sampling knob asks for sampling (as the command-line flags do), temperature 0 excepted
+            if key in SAMPLING_KNOBS and changes[key] not in (None, 0) and not self.params.do_sample:
+                changes["do_sample"] = True
+            self.params = dataclasses.replace(self.params, **changes)
         except (ValueError, TameshiError) as e:
             self.console.print(f"[red]{e}[/]")
             return
-        self.console.print(f"[dim]{key} = {getattr(self.params, key)!r}[/]")
+        for name in changes:
+            self.console.print(f"[dim]{name} = {getattr(self.params, name)!r}[/]")
 
     def answer(self, text: str) -> None:
         messages = ([{"role": "system", "content": self.system}] if self.system else []) + self.history
@@ -104,16 +120,21 @@ class ChatSession:
         self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": "".join(parts)}]
 
 
-def _parse(raw: str, kind: type) -> Any:
+def _parse(raw: str, kind: str) -> Any:
+    """A /set value for a field of annotation `kind` (SamplingParams' own, as a string): none unsets it;
+    booleans take true/false/yes/no/on/off/1/0; stop lists are split at |."""
     if raw.lower() in ("none", ""):
         return None
-    if kind is bool or raw.lower() in ("true", "false"):
-        return raw.lower() in ("true", "1", "yes", "on")
-    if kind is tuple:
-        return tuple(raw.split("|"))
+    if kind.startswith("bool"):
+        if raw.lower() not in _BOOLS:
+            raise ValueError(f"cannot read {raw!r} as true or false")
+        return _BOOLS[raw.lower()]
+    if kind.startswith("tuple"):
+        parts = tuple(raw.split("|"))
+        return tuple(_parse(part, "int") for part in parts) if "int" in kind else parts
     for cast in (int, float):
         try:
             return cast(raw)
         except ValueError:
             pass
-    raise ValueError(f"cannot read {raw!r} as a value")
+    raise ValueError(f"cannot read {raw!r} as a number")

@@ -131,6 +131,18 @@ class SamplingParams:
         return not self.do_sample or self.temperature < _GREEDY_BELOW
 
 
+# The knobs that only act when sampling. A terminal command given one of them (and not --greedy)
+# samples, as llama.cpp and vLLM do; generate()'s dict keeps HF's rule (do_sample decides).
+SAMPLING_KNOBS = ("temperature", "top_p", "top_k", "min_p")
+
+
+def asks_to_sample(params: SamplingParams) -> bool:
+    """Do these (a command's flags, before resolve) set a sampling knob and leave do_sample unset?
+    temperature 0 is greedy either way."""
+    knobs = [getattr(params, name) for name in SAMPLING_KNOBS]
+    return params.do_sample is None and any(v is not None for v in knobs) and params.temperature != 0
+
+
 def _require(name: str, value: object, ok: bool, allowed: str) -> None:
     if not ok:
         raise InvalidRequestError(f"{name} must be {allowed}, got {value!r}.")

@@ -133,7 +133,7 @@ def test_serve_lets_an_open_stream_finish_on_ctrl_c():
                 break
         assert url, "the server never said where it listens"
         threading.Thread(target=lambda: proc.stderr.read(), daemon=True).start()  # keep the pipe drained
-        body = {"prompt": "Once upon a time", "max_tokens": 40, "stream": True, "temperature": 0}
+        body = {"prompt": "Once upon a time", "max_tokens": 16, "stream": True, "temperature": 0}
         events = []
         with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as r:
             for line in r.iter_lines():
@@ -149,3 +149,75 @@ def test_serve_lets_an_open_stream_finish_on_ctrl_c():
         if proc.poll() is None:
             proc.kill()
         proc.stderr.close()
+
+
+def test_usage_errors_are_clicks_one_line_not_an_internal_error(capsys):
+    """A bad flag value, a missing argument, an unknown option or command: click's usage line and one
+    error line naming what was wrong, exit 2 (typer 0.29 raises its own copy of click's exceptions,
+    which once fell through to "internal error")."""
+    cases = [
+        (["ask", "--temperature", "abc", "Hi"], "'--temperature'"),
+        (["ask"], "Missing argument 'prompt'"),
+        (["ask", "--bogus", "hi"], "No such option: --bogus"),
+        (["nosuch"], "No such command 'nosuch'"),
+    ]
+    for argv, named in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert named in err and "internal error" not in err, (argv, err)
+    assert main(["--version"]) == 0 and capsys.readouterr().out.startswith("tameshi ")
+    assert main(["ask", "-h"]) == 0 and "Usage" in capsys.readouterr().out
+
+
+def test_ctrl_c_says_interrupted_and_exits_130(monkeypatch, capsys):
+    """Ctrl-C during a command (here while the model loads): "interrupted" on stderr and exit status
+    130, so that a script can tell it from a finished answer (typer returns it as an Exit)."""
+    import tameshi.cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tameshi.cli, "_load", interrupted)
+    assert main(["ask", "Hi"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+
+
+def test_a_sampling_flag_turns_sampling_on_unless_greedy():
+    """--temperature, --top-p, --top-k or --min-p given alone sample (HF would ignore them while the
+    model's default is greedy, and the answer would not change); --greedy and temperature 0 stay greedy."""
+    from tameshi.cli import _params
+
+    assert _params({"temperature": 1.5}).do_sample is True
+    assert _params({"top_p": 0.5}).do_sample is True
+    assert _params({"temperature": 1.5, "do_sample": False}).do_sample is False
+    assert _params({"temperature": 0.0}).do_sample is None  # greedy by SamplingParams.greedy
+    assert _params({"max_new_tokens": 4}).do_sample is None  # the model's default decides
+
+
+def test_chat_set_reads_values_strictly_and_turns_sampling_on():
+    """/set: a word that is not a boolean is refused (not read as False), stop lists split at |,
+    stop_token_ids as integers, and a sampling knob on a greedy session turns sampling on."""
+    import io
+
+    from rich.console import Console
+
+    from tameshi.repl import ChatSession
+    from tameshi.sampling_params import SamplingParams
+
+    class Model:
+        def sampling_params(self, params):
+            return params.resolve(None)
+
+    out = io.StringIO()
+    chat = ChatSession(Model(), SamplingParams(do_sample=False), None, Console(file=out, width=200))
+    chat.set_param("ignore_eos maybe")
+    assert chat.params.ignore_eos is False and "cannot read 'maybe'" in out.getvalue()
+    chat.set_param("ignore_eos on")
+    chat.set_param("stop a|b")
+    chat.set_param("stop_token_ids 7|9")
+    assert chat.params.ignore_eos is True and chat.params.stop == ("a", "b")
+    assert chat.params.stop_token_ids == (7, 9)
+    chat.set_param("temperature 0")
+    assert chat.params.do_sample is False
+    chat.set_param("temperature 0.7")
+    assert chat.params.do_sample is True and "do_sample = True" in out.getvalue()

@@ -140,7 +140,9 @@ def test_a_selection_with_no_probe_is_refused_with_what_there_is():
     with pytest.raises(SuiteError, match="no probe or category 'nosuchprobe' in suite 'smoke'"):
         plan(suite, SamplingParams(), EvalConfig(only=("nosuchprobe",)))
     first = suite.probes[0]
-    english = dataclasses.replace(suite, probes=(dataclasses.replace(first, prompt={"en": first.prompt["en"]}),))
+    english = dataclasses.replace(
+        suite, probes=(dataclasses.replace(first, prompt={"en": first.prompt["en"]}),)
+    )
     with pytest.raises(SuiteError, match=r"selected here is in ja \(they are in en\)"):
         plan(english, SamplingParams(), EvalConfig(langs=("ja",)))
     assert plan(suite, SamplingParams(), EvalConfig())
