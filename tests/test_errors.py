@@ -180,3 +180,19 @@ def test_bad_device_dtype_or_tp_is_one_line_not_an_internal_error(tiny_dir, caps
     assert main(["ask", "-m", str(tiny_dir), "Hi", "-n", "2", *flags]) == 1
     err = capsys.readouterr().err
     assert said in err and "internal error" not in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("max_position_embeddings", 0), ("rope_theta", -1), ("rms_norm_eps", float("nan"))]
+)
+def test_a_config_value_out_of_range_is_named(tiny_dir, tmp_path, capsys, key, value):
+    """A context of 0 tokens failed later as "no memory left for even one KV block"; a negative rope
+    theta ran and answered nothing. Each is now named with its value."""
+    d = _copy(tiny_dir, tmp_path)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg[key] = value
+    if key in (cfg.get("rope_parameters") or {}):  # transformers 5 writes theta there
+        cfg["rope_parameters"][key] = value
+    (d / "config.json").write_text(json.dumps(cfg))
+    code, err = _run(["info", "--model", str(d)], capsys)
+    assert code != 0 and f"config.json has {key}" in _one_line(err)

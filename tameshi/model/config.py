@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,6 +112,21 @@ class ModelConfig:
             )
         if self.head_dim % 2:
             raise UnsupportedModelError(f"head_dim {self.head_dim} is odd; RoPE needs an even head size")
+        # each named: a 0 context failed later as "no memory left for even one KV block", and a
+        # non-positive theta or eps ran and answered nothing
+        checks = [
+            ("max_position_embeddings", self.max_position_embeddings, self.max_position_embeddings > 0),
+            ("rope_theta", self.rope.theta, math.isfinite(self.rope.theta) and self.rope.theta > 0),
+            (
+                "rope scaling factor",
+                self.rope.factor,
+                math.isfinite(self.rope.factor) and self.rope.factor > 0,
+            ),
+            ("rms_norm_eps", self.rms_norm_eps, math.isfinite(self.rms_norm_eps) and self.rms_norm_eps > 0),
+        ]
+        for name, value, ok in checks:
+            if not ok:
+                raise UnsupportedModelError(f"config.json has {name} {value!r}; it must be a positive number")
 
 
 def _awq_config(q: dict | None) -> AWQConfig | None:
